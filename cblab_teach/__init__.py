@@ -1,0 +1,58 @@
+"""cblab_teach: continuous batching for LLM inference, small enough to read, correct enough to trust."""
+
+from .core import (
+    DenseKVCache,
+    Engine,
+    EngineConfig,
+    PagedAllocator,
+    RaggedBatch,
+    Request,
+    RequestState,
+    SamplingParams,
+    Scheduler,
+    StaticBatchingEngine,
+    StepPlan,
+    StepRecord,
+    build_batch,
+    ragged_causal_mask,
+)
+from .errors import (
+    CapacityError,
+    CBLabError,
+    ConfigError,
+    DuplicateRequestError,
+    KVCacheError,
+    PluginError,
+    RequestError,
+    UnknownRequestError,
+)
+from .model import ModelConfig, TinyLM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CBLabError",
+    "CapacityError",
+    "ConfigError",
+    "DenseKVCache",
+    "DuplicateRequestError",
+    "Engine",
+    "EngineConfig",
+    "KVCacheError",
+    "ModelConfig",
+    "PagedAllocator",
+    "PluginError",
+    "RaggedBatch",
+    "Request",
+    "RequestError",
+    "RequestState",
+    "SamplingParams",
+    "Scheduler",
+    "StaticBatchingEngine",
+    "StepPlan",
+    "StepRecord",
+    "TinyLM",
+    "UnknownRequestError",
+    "build_batch",
+    "ragged_causal_mask",
+]

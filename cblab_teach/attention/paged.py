@@ -1,0 +1,40 @@
+"""Paged attention: read K/V from the block pool, two ways that must agree.
+
+* through :meth:`PagedAllocator.flatten`: copy each request's blocks into one
+  contiguous tensor first (simple; what the Q&A describes);
+* straight from the block table: turn (request, position) into pool slots with
+  the block table and gather only those (no per-request copy; what vLLM does).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.batch_builder import RaggedBatch
+from ..core.kv_cache import KVCache
+from .ragged import segmented_attention
+
+
+def gather_from_block_table(cache: KVCache, layer: int, batch: RaggedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """All keys of the batch's requests, in batch order, gathered by slot."""
+    slots = cache.slots(batch.request_ids, batch.key_seq_ids, batch.key_positions)
+    return cache.read(layer, slots)
+
+
+def gather_by_flatten(cache: KVCache, layer: int, batch: RaggedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """All keys of the batch's requests, by flattening each request's blocks."""
+    ks, vs = [], []
+    for i, rid in enumerate(batch.request_ids):
+        k, v = cache.gather(layer, rid)  # PagedAllocator.flatten for the paged layout
+        n = int(batch.context_lens[i])
+        ks.append(k[:n])
+        vs.append(v[:n])
+    return torch.cat(ks), torch.cat(vs)
+
+
+def paged_attention(
+    q: torch.Tensor, cache: KVCache, layer: int, batch: RaggedBatch, via_flatten: bool = False
+) -> torch.Tensor:
+    gather = gather_by_flatten if via_flatten else gather_from_block_table
+    k, v = gather(cache, layer, batch)
+    return segmented_attention(q, k, v, batch)

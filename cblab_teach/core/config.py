@@ -1,0 +1,44 @@
+"""Engine settings, validated once so a typo fails early with a clear message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+KV_LAYOUTS = ("dense", "paged")
+ATTENTION_IMPLS = ("segmented", "ragged")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_tokens_per_step: int = 64  # the per-step token budget
+    prefill_chunk_size: int = 32  # at most this many prompt tokens per request per step
+    max_running: int = 256  # admission limit on requests holding KV
+    kv_layout: str = "paged"
+    block_size: int = 16
+    num_blocks: int = 1024  # pool size: num_blocks * block_size slots (dense uses the same slots)
+    policy: str = "fcfs"  # or "priority": smaller Request.priority first
+    attention: str = "segmented"  # or "ragged": the full [N, M] mask, the definition
+    kv_read: str = "block_table"  # or "flatten": copy each request's blocks first
+    eos_token_id: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens_per_step", "prefill_chunk_size", "max_running", "block_size", "num_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"EngineConfig.{name} must be an int >= 1, got {value!r}")
+        choices = {
+            "kv_layout": KV_LAYOUTS,
+            "attention": ATTENTION_IMPLS,
+            "kv_read": ("block_table", "flatten"),
+            "policy": ("fcfs", "priority"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_blocks * self.block_size

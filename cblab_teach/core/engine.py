@@ -1,0 +1,330 @@
+"""The continuous-batching loop: plan, build, one forward, sample, commit.
+
+::
+
+    Request ──> Scheduler.plan ──> StepPlan ──> build_batch ──> RaggedBatch
+                                                       │
+               sample <── logits <── TinyLM.forward(RaggedBatch, KV cache)
+                  │
+                  └──> commit: append tokens, advance num_computed, finish
+                       requests, free KV, fire plugins, emit a StepRecord
+
+Every step returns a :class:`StepRecord`, the raw material of every plot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from ..errors import CapacityError, CBLabError, DuplicateRequestError, PluginError, RequestError, UnknownRequestError
+from ..model.tiny_lm import TinyLM
+from .batch_builder import build_batch
+from .config import EngineConfig
+from .kv_cache import DenseKVCache, KVCache, KVUsage, PagedAllocator
+from .request import Request, RequestState, SamplingParams
+from .sampling import sample_tokens
+from .scheduler import Scheduler, StepPlan
+
+
+@dataclass
+class StepRecord:
+    """What happened in one step, as plain data."""
+
+    step: int
+    plan: StepPlan
+    sampled: dict[int, int]  # request id -> token produced this step
+    finished: list[int]
+    running: list[int]  # holding KV after the step
+    waiting: list[int]
+    kv: KVUsage
+    block_tables: dict[int, list[int]]  # paged layout only; {} for dense
+    start_time: float
+    duration_s: float
+    forward_s: float
+    extra: dict = field(default_factory=dict)  # plugins may annotate
+
+    @property
+    def budget(self) -> int:
+        return self.plan.budget
+
+    @property
+    def used(self) -> int:
+        return self.plan.used
+
+    @property
+    def tokens(self) -> dict[int, tuple[str, int]]:
+        """request id -> (kind, tokens computed this step)."""
+        return {c.request_id: (c.kind, c.length) for c in self.plan.chunks}
+
+    @property
+    def overhead_s(self) -> float:
+        return self.duration_s - self.forward_s
+
+
+def make_kv_cache(model: TinyLM, config: EngineConfig) -> KVCache:
+    cfg = model.config
+    shape = (cfg.num_layers, cfg.kv_heads, cfg.head_dim)
+    if config.kv_layout == "paged":
+        return PagedAllocator(*shape, config.num_blocks, config.block_size, model.dtype, model.device)
+    return DenseKVCache(*shape, config.num_slots, model.dtype, model.device)
+
+
+class Engine:
+    """Continuous batching over a :class:`TinyLM`: requests join and leave at token boundaries."""
+
+    def __init__(self, model: TinyLM, config: EngineConfig | None = None, plugins: Iterable = ()) -> None:
+        self.config = config or EngineConfig()
+        self.model = model.to(self.config.device)
+        self.scheduler = Scheduler(
+            self.config.max_tokens_per_step, self.config.prefill_chunk_size, self.config.max_running, self.config.policy
+        )
+        self.budget = self.config.max_tokens_per_step  # SchedulerPlugins may change it between steps
+        self.kv = make_kv_cache(self.model, self.config)
+        self.requests: dict[int, Request] = {}
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.records: list[StepRecord] = []
+        self.plugins: list = []
+        self._next_id = 0
+        self._arrivals = 0
+        for p in plugins:
+            self.add_plugin(p)
+
+    # -- requests -----------------------------------------------------------------
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int = 16,
+        request_id: int | None = None,
+        sampling: SamplingParams | None = None,
+        priority: int = 0,
+        eos_token_id: int | None = None,
+    ) -> int:
+        """Queue a request; it joins the running batch at the next step with room for it."""
+        rid = self._next_id if request_id is None else request_id
+        prompt = self._validate(prompt_ids, max_new_tokens, rid, sampling)
+        req = Request(
+            request_id=rid,
+            prompt_ids=prompt,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling or SamplingParams(),
+            eos_token_id=self.config.eos_token_id if eos_token_id is None else eos_token_id,
+            priority=priority,
+            arrival=self._arrivals,
+        )
+        req.arrival_time = time.perf_counter()
+        req.arrival_step = len(self.records)
+        self._arrivals += 1
+        self._next_id = max(self._next_id, rid + 1) if isinstance(rid, int) else self._next_id
+        self.requests[rid] = req
+        self.waiting.append(req)
+        return rid
+
+    def _validate(self, prompt_ids, max_new_tokens, rid, sampling) -> list[int]:
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            raise RequestError(f"request_id must be an int, got {rid!r}")
+        if rid in self.requests:
+            raise DuplicateRequestError(f"request id {rid} is already in use")
+        try:
+            prompt = [int(t) for t in prompt_ids]
+        except (TypeError, ValueError) as e:
+            raise RequestError(f"prompt_ids must be a sequence of ints, got {prompt_ids!r}") from e
+        if not prompt:
+            raise RequestError(f"request {rid}: the prompt is empty; give at least one token id")
+        vocab = self.model.config.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"request {rid}: token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise RequestError(f"request {rid}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        total = len(prompt) + max_new_tokens
+        if total > self.model.config.max_position:
+            raise RequestError(
+                f"request {rid}: prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds "
+                f"the model's max_position {self.model.config.max_position}"
+            )
+        if total - 1 > self.kv.num_slots or not self._fits_empty_pool(total - 1):
+            raise CapacityError(
+                f"request {rid} needs {total - 1} KV slots but the whole pool has {self.kv.num_slots}; "
+                "it could never run"
+            )
+        if sampling is not None:
+            if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+                raise RequestError(f"request {rid}: invalid sampling parameters {sampling!r}")
+        return prompt
+
+    def _fits_empty_pool(self, tokens: int) -> bool:
+        if isinstance(self.kv, PagedAllocator):
+            return self.kv.blocks_for(tokens) <= self.kv.num_blocks
+        return tokens <= self.kv.num_slots
+
+    def request(self, request_id: int) -> Request:
+        try:
+            return self.requests[request_id]
+        except KeyError:
+            raise UnknownRequestError(f"unknown request id {request_id!r}") from None
+
+    def output(self, request_id: int) -> list[int]:
+        """The ids generated so far for a request."""
+        return list(self.request(request_id).output_ids)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- plugins ------------------------------------------------------------------
+    def add_plugin(self, plugin) -> None:
+        from ..plugins.base import AttentionPlugin, CachePlugin, SchedulerPlugin
+
+        if not isinstance(plugin, (SchedulerPlugin, AttentionPlugin, CachePlugin)):
+            raise PluginError(f"{plugin!r} is not a SchedulerPlugin, AttentionPlugin or CachePlugin")
+        self.plugins.append(plugin)
+        if isinstance(plugin, CachePlugin):
+            self.kv.plugins.append(_Guarded(plugin))
+        if isinstance(plugin, AttentionPlugin):
+            self._install_attention_chain()
+
+    def _install_attention_chain(self) -> None:
+        from ..plugins.base import AttentionPlugin
+
+        chain = self.model.attend_cached
+        for plugin in (p for p in self.plugins if isinstance(p, AttentionPlugin)):
+            chain = _attention_link(plugin, chain)
+        self.model.attention_hook = chain
+
+    def _fire(self, hook: str, *args) -> None:
+        from ..plugins.base import SchedulerPlugin
+
+        for plugin in self.plugins:
+            if isinstance(plugin, SchedulerPlugin):
+                _call(plugin, hook, self, *args)
+
+    # -- the loop -------------------------------------------------------------------
+    def step(self) -> StepRecord:
+        """Run one step: plan, one forward over the mixed batch, sample, commit."""
+        start = time.perf_counter()
+        self._fire("before_step")
+        plan = self.scheduler.plan(self.running, self.waiting, self.kv, self.budget)
+        if not plan.chunks and self.has_unfinished():
+            raise CBLabError(f"the scheduler made no progress (budget={self.budget}); nothing can run")
+        self._admit(plan.admitted)
+        for c in plan.chunks:
+            self.kv.ensure(c.request_id, c.end)
+        batch = build_batch(plan, self.requests, self.model.device)
+        fwd_start = time.perf_counter()
+        logits = self.model(batch, self.kv, impl=self.config.attention, via_flatten=self.config.kv_read == "flatten")
+        sampled_reqs = [self.requests[r] for r in batch.sample_request_ids]
+        tokens = sample_tokens(logits, sampled_reqs) if sampled_reqs else []
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()
+        forward_s = time.perf_counter() - fwd_start
+        finished = self._commit(plan, sampled_reqs, tokens)
+        record = StepRecord(
+            step=len(self.records),
+            plan=plan,
+            sampled={r.request_id: t for r, t in zip(sampled_reqs, tokens)},
+            finished=[r.request_id for r in finished],
+            running=[r.request_id for r in self.running],
+            waiting=[r.request_id for r in self.waiting],
+            kv=self.kv.usage(),
+            block_tables={r: list(t) for r, t in getattr(self.kv, "block_tables", {}).items()},
+            start_time=start,
+            duration_s=0.0,
+            forward_s=forward_s,
+        )
+        self.records.append(record)
+        for req in finished:
+            self._fire("on_request_completion", req)
+        self._fire("after_step", record)
+        record.duration_s = time.perf_counter() - start
+        return record
+
+    def _admit(self, request_ids: list[int]) -> None:
+        for rid in request_ids:
+            req = self.requests[rid]
+            self.kv.admit(rid, req.max_total_tokens)
+            self.waiting.remove(req)
+            self.running.append(req)
+            req.state = RequestState.PREFILL
+
+    def _commit(self, plan: StepPlan, sampled: list[Request], tokens: list[int]) -> list[Request]:
+        step = len(self.records)
+        now = time.perf_counter()
+        for c in plan.chunks:
+            req = self.requests[c.request_id]
+            req.num_computed = c.end
+            req.last_scheduled_step = step
+        finished = []
+        for req, token in zip(sampled, tokens):
+            req.append_token(token)
+            req.token_times.append(now)
+            if req.is_finished:
+                finished.append(req)
+                self.kv.free(req.request_id)
+                self.running.remove(req)
+        return finished
+
+    def run(self, progress: bool = False) -> list[StepRecord]:
+        """Step until every request has finished; returns this run's records."""
+        first = len(self.records)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.waiting) + len(self.running), desc="requests", unit="req")
+        while self.has_unfinished():
+            record = self.step()
+            if bar is not None:
+                bar.update(len(record.finished))
+        if bar is not None:
+            bar.close()
+        return self.records[first:]
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int] = 16,
+        sampling: SamplingParams | Sequence[SamplingParams] | None = None,
+        progress: bool = False,
+    ) -> list[list[int]]:
+        """Serve all prompts together; generated ids in input order."""
+        n = len(prompts)
+        lengths = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        params = sampling if isinstance(sampling, (list, tuple)) else [sampling] * n
+        if len(lengths) != n or len(params) != n:
+            raise RequestError(f"got {n} prompts but {len(lengths)} max_new_tokens and {len(params)} sampling params")
+        ids = [self.add_request(p, m, sampling=s) for p, m, s in zip(prompts, lengths, params)]
+        self.run(progress=progress)
+        return [self.output(i) for i in ids]
+
+
+class _Guarded:
+    """Wrap a CachePlugin so an exception names the plugin and the hook."""
+
+    def __init__(self, plugin) -> None:
+        self.plugin = plugin
+
+    def before_append(self, *args):
+        return _call(self.plugin, "before_append", *args)
+
+    def after_append(self, *args):
+        return _call(self.plugin, "after_append", *args)
+
+
+def _call(plugin, hook: str, *args):
+    try:
+        return getattr(plugin, hook)(*args)
+    except CBLabError:
+        raise
+    except Exception as e:
+        raise PluginError(f"plugin {plugin.name}.{hook}() raised {type(e).__name__}: {e}") from e
+
+
+def _attention_link(plugin, inner):
+    def attend(layer, q, ctx):
+        return _call(plugin, "attend", layer, q, ctx, inner)
+
+    return attend

@@ -1,0 +1,285 @@
+"""Where K/V live: a dense (contiguous) cache and a paged one, behind one interface.
+
+Both store K/V in one flat pool of *slots* per layer: ``k[layer, slot, head, dim]``.
+A request's token at position ``p`` lives in some slot; the layouts differ only
+in how positions map to slots:
+
+* :class:`DenseKVCache` reserves one contiguous range per request, as long as
+  the request could ever get (prompt + ``max_new_tokens``). Simple, but the
+  reservation is mostly empty, and free space fragments into holes.
+* :class:`PagedAllocator` cuts the pool into fixed-size blocks. A request owns a
+  *block table* (list of block ids) and takes a new block only when its last
+  one is full, so it wastes at most one partly-filled block. Blocks go back on
+  the free list when it finishes.
+
+Writing and reading are then the same tensor ops for both: scatter the new
+tokens' K/V into their slots, gather the keys of every request in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import ConfigError, KVCacheError
+
+
+@dataclass(frozen=True)
+class KVUsage:
+    """How much of the pool is in use, and how much of that is waste."""
+
+    total_slots: int
+    reserved_slots: int  # taken from the pool (dense: whole reservation; paged: whole blocks)
+    used_slots: int  # actually holding a token's K/V
+    bytes_per_slot: int
+
+    @property
+    def waste_slots(self) -> int:
+        return self.reserved_slots - self.used_slots
+
+    @property
+    def used_bytes(self) -> int:
+        return self.used_slots * self.bytes_per_slot
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self.reserved_slots * self.bytes_per_slot
+
+
+class KVCache(ABC):
+    """A pool of K/V slots shared by all requests, all layers and all heads."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        num_slots: int,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if num_slots < 1:
+            raise ConfigError(f"a KV cache needs at least one slot, got {num_slots}")
+        shape = (num_layers, num_slots, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_slots = num_slots
+        self.lengths: dict[int, int] = {}  # request id -> tokens stored
+        self.plugins: list = []  # CachePlugins, set by the engine
+
+    # -- bookkeeping each layout defines --------------------------------------
+    @abstractmethod
+    def fits(self, token_counts: Sequence[int]) -> bool:
+        """Could requests of these worst-case lengths be admitted now, together?"""
+
+    @abstractmethod
+    def admit(self, request_id: int, max_tokens: int) -> None:
+        """Make room for a request that may grow to ``max_tokens`` tokens."""
+
+    @abstractmethod
+    def _grow(self, request_id: int, num_tokens: int) -> None:
+        """Make sure slots exist for positions ``[0, num_tokens)``."""
+
+    @abstractmethod
+    def _release(self, request_id: int) -> None:
+        """Give the request's slots back to the pool."""
+
+    @abstractmethod
+    def slots(self, request_ids: Sequence[int], seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Slot of each (request, position) pair, for a whole batch in one gather.
+
+        ``seq_index[t]`` says which of ``request_ids`` token ``t`` belongs to.
+        """
+
+    @abstractmethod
+    def usage(self) -> KVUsage: ...
+
+    # -- shared by both layouts -------------------------------------------------
+    @property
+    def bytes_per_slot(self) -> int:
+        _, _, heads, dim = self.k.shape
+        return 2 * self.k.shape[0] * heads * dim * self.k.element_size()
+
+    def ensure(self, request_id: int, num_tokens: int) -> None:
+        if request_id not in self.lengths:
+            raise KVCacheError(f"request {request_id} has no KV in this cache")
+        self._grow(request_id, num_tokens)
+        self.lengths[request_id] = max(self.lengths[request_id], num_tokens)
+
+    def free(self, request_id: int) -> None:
+        if request_id not in self.lengths:
+            raise KVCacheError(f"request {request_id} has no KV to free (double free?)")
+        self._release(request_id)
+        del self.lengths[request_id]
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request_ids=None) -> None:
+        """Store this step's K/V ``[tokens, heads, dim]`` into their slots."""
+        for plugin in self.plugins:
+            k, v = plugin.before_append(layer, k, v, request_ids)
+        self.k[layer, slots] = k
+        self.v[layer, slots] = v
+        for plugin in self.plugins:
+            plugin.after_append(layer, k, v, request_ids)
+
+    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer, slots], self.v[layer, slots]
+
+    def gather(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request's K/V ``[length, heads, dim]`` as one contiguous tensor."""
+        n = self.lengths[request_id]
+        pos = torch.arange(n, device=self.k.device)
+        slots = self.slots([request_id], torch.zeros_like(pos), pos)
+        return self.read(layer, slots)
+
+
+class DenseKVCache(KVCache):
+    """One contiguous reservation per request, sized for its longest possible life."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ranges: dict[int, tuple[int, int]] = {}  # request id -> (first slot, capacity)
+
+    def _holes(self, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        holes, cursor = [], 0
+        for start, size in sorted(taken):
+            if start > cursor:
+                holes.append((cursor, start - cursor))
+            cursor = max(cursor, start + size)
+        if cursor < self.num_slots:
+            holes.append((cursor, self.num_slots - cursor))
+        return holes
+
+    def _first_fit(self, size: int, taken: list[tuple[int, int]]) -> int | None:
+        for start, hole in self._holes(taken):
+            if hole >= size:
+                return start
+        return None
+
+    def fits(self, token_counts: Sequence[int]) -> bool:
+        taken = list(self.ranges.values())
+        for n in token_counts:
+            start = self._first_fit(n, taken)
+            if start is None:
+                return False
+            taken.append((start, n))
+        return True
+
+    def admit(self, request_id: int, max_tokens: int) -> None:
+        if request_id in self.lengths:
+            raise KVCacheError(f"request {request_id} already has KV in this cache")
+        start = self._first_fit(max_tokens, list(self.ranges.values()))
+        if start is None:
+            raise KVCacheError(f"no contiguous range of {max_tokens} slots is free for request {request_id}")
+        self.ranges[request_id] = (start, max_tokens)
+        self.lengths[request_id] = 0
+
+    def _grow(self, request_id: int, num_tokens: int) -> None:
+        if num_tokens > self.ranges[request_id][1]:
+            raise KVCacheError(
+                f"request {request_id} needs {num_tokens} slots but reserved {self.ranges[request_id][1]}"
+            )
+
+    def _release(self, request_id: int) -> None:
+        del self.ranges[request_id]
+
+    def slots(self, request_ids: Sequence[int], seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        starts = torch.tensor([self.ranges[r][0] for r in request_ids], dtype=torch.long, device=self.k.device)
+        return starts[seq_index] + positions
+
+    def usage(self) -> KVUsage:
+        return KVUsage(
+            total_slots=self.num_slots,
+            reserved_slots=sum(size for _, size in self.ranges.values()),
+            used_slots=sum(self.lengths.values()),
+            bytes_per_slot=self.bytes_per_slot,
+        )
+
+
+class PagedAllocator(KVCache):
+    """A shared pool of fixed-size blocks, a free list, and a block table per request."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ConfigError(f"num_blocks and block_size must be >= 1, got {num_blocks} and {block_size}")
+        super().__init__(num_layers, num_kv_heads, head_dim, num_blocks * block_size, dtype, device)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.free_blocks: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        self.block_tables: dict[int, list[int]] = {}
+        self.reserved_blocks: dict[int, int] = {}  # worst case promised at admission
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return math.ceil(num_tokens / self.block_size)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_blocks)
+
+    def _unpromised_blocks(self) -> int:
+        promised = sum(
+            self.reserved_blocks[r] - len(self.block_tables[r]) for r in self.block_tables
+        )
+        return self.num_free_blocks - promised
+
+    def fits(self, token_counts: Sequence[int]) -> bool:
+        return sum(self.blocks_for(n) for n in token_counts) <= self._unpromised_blocks()
+
+    def admit(self, request_id: int, max_tokens: int) -> None:
+        if request_id in self.lengths:
+            raise KVCacheError(f"request {request_id} already has KV in this cache")
+        if not self.fits([max_tokens]):
+            raise KVCacheError(f"{self.blocks_for(max_tokens)} blocks are not free for request {request_id}")
+        self.block_tables[request_id] = []
+        self.reserved_blocks[request_id] = self.blocks_for(max_tokens)
+        self.lengths[request_id] = 0
+
+    def _grow(self, request_id: int, num_tokens: int) -> None:
+        table = self.block_tables[request_id]
+        while len(table) * self.block_size < num_tokens:
+            if not self.free_blocks:
+                raise KVCacheError(f"the block pool is exhausted while growing request {request_id}")
+            table.append(self.free_blocks.pop())
+
+    def _release(self, request_id: int) -> None:
+        self.free_blocks.extend(reversed(self.block_tables.pop(request_id)))
+        del self.reserved_blocks[request_id]
+
+    def slots(self, request_ids: Sequence[int], seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        tables = [self.block_tables[r] for r in request_ids]
+        width = max((len(t) for t in tables), default=0) or 1
+        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=self.k.device)
+        return padded[seq_index, positions // self.block_size] * self.block_size + positions % self.block_size
+
+    def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate a request's blocks in table order and trim the unused tail."""
+        blocks = torch.tensor(self.block_tables[request_id], dtype=torch.long, device=self.k.device)
+        _, _, heads, dim = self.k.shape
+        k = self.k[layer].view(self.num_blocks, self.block_size, heads, dim)[blocks]
+        v = self.v[layer].view(self.num_blocks, self.block_size, heads, dim)[blocks]
+        n = self.lengths[request_id]
+        return k.reshape(-1, heads, dim)[:n], v.reshape(-1, heads, dim)[:n]
+
+    def gather(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flatten(layer, request_id)
+
+    def usage(self) -> KVUsage:
+        used_blocks = self.num_blocks - self.num_free_blocks
+        return KVUsage(
+            total_slots=self.num_slots,
+            reserved_slots=used_blocks * self.block_size,
+            used_slots=sum(self.lengths.values()),
+            bytes_per_slot=self.bytes_per_slot,
+        )

@@ -1,0 +1,97 @@
+"""A request: token ids in, token ids out, and how far its KV has got.
+
+Like vLLM's V1 scheduler, a request only tracks ``num_computed`` (tokens whose
+K/V are stored). "Prefill" and "decode" are just how far it is behind:
+while ``num_computed < len(prompt)`` it is prefilling; afterwards exactly one
+token (the last one it generated) waits to be fed back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+
+class RequestState(str, enum.Enum):
+    WAITING = "waiting"  # not admitted yet: no KV
+    PREFILL = "prefill"  # admitted, prompt partly computed
+    DECODE = "decode"  # prompt done, generating one token per step
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Greedy when ``temperature == 0``; otherwise seeded, per-request sampling."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: int
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    eos_token_id: int | None = None
+    priority: int = 0  # smaller runs first under the "priority" policy (as in vLLM)
+    arrival: int = 0  # arrival order, the tie-breaker everywhere
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    state: RequestState = RequestState.WAITING
+    last_scheduled_step: int = -1  # for fair decode: least recently served goes first
+    num_preemptions: int = 0
+    generator: torch.Generator | None = field(default=None, repr=False)
+    arrival_time: float = 0.0  # perf_counter() when added
+    arrival_step: int = 0  # engine step count when added
+    token_times: list[float] = field(default_factory=list)  # perf_counter() of each generated token
+
+    def __post_init__(self) -> None:
+        if not self.sampling.greedy and self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.sampling.seed)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def prefill_pos(self) -> int:
+        """How much of the prompt has its K/V stored."""
+        return min(self.num_computed, self.prompt_len)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + len(self.output_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens whose K/V still has to be computed before the next sample."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Worst-case KV footprint: prompt plus every token it may generate but the last."""
+        return self.prompt_len + self.max_new_tokens - 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state is RequestState.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        self.output_ids.append(token_id)
+        if len(self.output_ids) >= self.max_new_tokens or token_id == self.eos_token_id:
+            self.state = RequestState.FINISHED
+        else:
+            self.state = RequestState.DECODE

@@ -1,0 +1,33 @@
+"""Typed errors: every bad input names itself, so a learner sees what went wrong."""
+
+
+class CBLabError(Exception):
+    """Base class of every error raised on purpose by cblab_teach."""
+
+
+class ConfigError(CBLabError, ValueError):
+    """A model or engine setting is out of range."""
+
+
+class RequestError(CBLabError, ValueError):
+    """A request is malformed (empty prompt, ids outside the vocabulary, ...)."""
+
+
+class DuplicateRequestError(RequestError):
+    """A request id is already in use by the engine."""
+
+
+class UnknownRequestError(RequestError):
+    """A request id the engine has never seen."""
+
+
+class KVCacheError(CBLabError):
+    """The KV cache cannot do what was asked (pool exhausted, double free, ...)."""
+
+
+class CapacityError(KVCacheError, RequestError):
+    """A request can never fit the KV pool, however long it waits."""
+
+
+class PluginError(CBLabError):
+    """A plugin raised; the message names the plugin and the hook."""

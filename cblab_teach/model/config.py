@@ -1,0 +1,48 @@
+"""The shape of the tiny Llama-style model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of :class:`TinyLM`; defaults give a model that runs in milliseconds."""
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None: multi-head; fewer: grouped-query attention
+    intermediate_size: int = 172
+    max_position: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if (self.head_dim % 2) != 0:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+        kv = self.kv_heads
+        if kv < 1 or self.num_heads % kv:
+            raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads

@@ -1,0 +1,141 @@
+"""A tiny Llama-style decoder that runs one forward pass over a whole ragged batch.
+
+Prefill chunks and decode tokens of many requests go through every layer
+together: projections and MLP see one ``[N, hidden]`` matrix, attention reads
+each request's cached keys from the KV cache. Same weights and numerics as
+Hugging Face's ``LlamaForCausalLM``, so :meth:`TinyLM.from_hf` loads one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..attention.paged import gather_by_flatten, gather_from_block_table
+from ..attention.ragged import ragged_attention, segment_layout, segmented_attention
+from ..core.batch_builder import RaggedBatch
+from ..core.kv_cache import KVCache
+from .config import ModelConfig
+from .layers import RMSNorm, RotaryEmbedding, SwiGLU
+
+AttentionImpl = Literal["segmented", "ragged"]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, h, kv = cfg.head_dim, cfg.num_heads, cfg.kv_heads
+        self.q_proj = nn.Linear(cfg.hidden_size, h * d, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv * d, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=False)
+        self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+
+class StepContext:
+    """What every layer of one forward shares: the batch, its slots, its attention layout."""
+
+    def __init__(self, batch: RaggedBatch, cache: KVCache, impl: AttentionImpl, via_flatten: bool) -> None:
+        self.batch = batch
+        self.cache = cache
+        self.impl = impl
+        self.via_flatten = via_flatten
+        seq, pos = batch.seq_ids, batch.positions
+        self.write_slots = cache.slots(batch.request_ids, seq, pos)
+        self.layout = segment_layout(batch) if impl == "segmented" else None
+
+
+class TinyLM(nn.Module):
+    """Embedding, RoPE, RMSNorm, (grouped-query) attention, SwiGLU, LM head."""
+
+    def __init__(self, config: ModelConfig | None = None, seed: int = 0) -> None:
+        super().__init__()
+        cfg = config or ModelConfig()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.attention_hook = None  # set by the engine for AttentionPlugins
+        self._init_weights(seed)
+        self.to(cfg.dtype)
+
+    def _init_weights(self, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight") or "layernorm" in name:
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02 * (3.0 if "embed" in name else 1.0))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @torch.no_grad()
+    def forward(
+        self,
+        batch: RaggedBatch,
+        cache: KVCache,
+        impl: AttentionImpl = "segmented",
+        via_flatten: bool = False,
+        all_logits: bool = False,
+    ) -> torch.Tensor:
+        """Logits at the batch's sample rows ``[S, vocab]`` (every row if ``all_logits``)."""
+        ctx = StepContext(batch, cache, impl, via_flatten)
+        cos, sin = self.rotary.cos_sin(batch.positions, self.dtype)
+        x = self.embed_tokens(batch.token_ids)
+        for layer, block in enumerate(self.layers):
+            x = x + self._attend(layer, block, block.input_layernorm(x), cos, sin, ctx)
+            x = x + block.mlp(block.post_attention_layernorm(x))
+        if not all_logits:
+            x = x[batch.sample_rows]
+        return self.lm_head(self.norm(x))
+
+    def _attend(self, layer: int, block: Block, x: torch.Tensor, cos, sin, ctx: StepContext) -> torch.Tensor:
+        cfg, attn = self.config, block.self_attn
+        n = x.shape[0]
+        q = RotaryEmbedding.apply(attn.q_proj(x).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
+        k = RotaryEmbedding.apply(attn.k_proj(x).view(n, cfg.kv_heads, cfg.head_dim), cos, sin)
+        v = attn.v_proj(x).view(n, cfg.kv_heads, cfg.head_dim)
+        ctx.cache.write(layer, ctx.write_slots, k, v, ctx.batch)
+        if self.attention_hook is not None:
+            out = self.attention_hook(layer, q, ctx)
+        else:
+            out = self.attend_cached(layer, q, ctx)
+        return attn.o_proj(out.reshape(n, cfg.num_heads * cfg.head_dim))
+
+    @staticmethod
+    def attend_cached(layer: int, q: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Default attention: this step's queries against every cached + new key of their request."""
+        gather = gather_by_flatten if ctx.via_flatten else gather_from_block_table
+        k, v = gather(ctx.cache, layer, ctx.batch)
+        if ctx.impl == "ragged":
+            return ragged_attention(q, k, v, ctx.batch)
+        return segmented_attention(q, k, v, ctx.batch, ctx.layout)
+
+    @classmethod
+    def from_hf(cls, hf_model) -> "TinyLM":
+        """Copy the weights of a Hugging Face ``LlamaForCausalLM`` (same math, same outputs)."""
+        from .hf import config_from_hf, state_dict_from_hf
+
+        model = cls(config_from_hf(hf_model.config, next(hf_model.parameters()).dtype))
+        model.load_state_dict(state_dict_from_hf(hf_model), strict=True)
+        return model.to(next(hf_model.parameters()).device)

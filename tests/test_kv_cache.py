@@ -1,0 +1,93 @@
+"""Paged KV: blocks handed out once, all returned, flatten equals the dense copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cblab_teach import DenseKVCache, Engine, EngineConfig, KVCacheError, PagedAllocator
+
+
+def _fill(cache, rid: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(n, 2, 4, generator=g, dtype=torch.float64)
+    cache.admit(rid, n)
+    cache.ensure(rid, n)
+    pos = torch.arange(n)
+    cache.write(0, cache.slots([rid], torch.zeros_like(pos), pos), k, -k)
+    return k
+
+
+def test_flatten_equals_dense():
+    paged = PagedAllocator(1, 2, 4, num_blocks=16, block_size=3, dtype=torch.float64)
+    dense = DenseKVCache(1, 2, 4, num_slots=48, dtype=torch.float64)
+    for rid, n in [(0, 7), (1, 3), (2, 1), (3, 9)]:
+        k = _fill(paged, rid, n, rid)
+        _fill(dense, rid, n, rid)
+        fk, fv = paged.flatten(0, rid)
+        torch.testing.assert_close(fk, k, rtol=0, atol=0)
+        torch.testing.assert_close(fk, dense.gather(0, rid)[0], rtol=0, atol=0)
+        torch.testing.assert_close(fv, -k, rtol=0, atol=0)
+        assert fk.shape[0] == n  # trimmed, not a whole number of blocks
+
+
+def test_blocks_never_shared_and_all_returned(model64, workload):
+    engine = Engine(model64, EngineConfig(max_tokens_per_step=7, prefill_chunk_size=3, block_size=2, num_blocks=40))
+    for p, n in zip(workload.prompts, workload.max_new_tokens):
+        engine.add_request(p, n)
+    saw_sharing_free_blocks = 0
+    while engine.has_unfinished():
+        record = engine.step()
+        owned = [b for t in record.block_tables.values() for b in t]
+        assert len(owned) == len(set(owned)), "a block has two owners"
+        assert not set(owned) & set(engine.kv.free_blocks)
+        assert len(owned) + engine.kv.num_free_blocks == 40
+        saw_sharing_free_blocks += len(owned) > 0
+        for rid, table in record.block_tables.items():  # at most one partly-filled block each
+            assert len(table) == -(-engine.kv.lengths[rid] // 2)
+    assert saw_sharing_free_blocks
+    assert engine.kv.num_free_blocks == 40 and not engine.kv.block_tables
+
+
+def test_paged_waste_is_at_most_one_partial_block_per_request(model64, workload):
+    for layout in ("paged", "dense"):
+        engine = Engine(model64, EngineConfig(kv_layout=layout, block_size=4, max_tokens_per_step=16))
+        for p, n in zip(workload.prompts, workload.max_new_tokens):
+            engine.add_request(p, n)
+        records = engine.run()
+        worst = max(r.kv.waste_slots - 3 * len(r.block_tables) for r in records)
+        if layout == "paged":
+            assert worst <= 0
+        else:
+            assert max(r.kv.waste_slots for r in records) > 0  # dense reserves the whole future
+
+
+def test_dense_fragments_but_paged_does_not():
+    dense = DenseKVCache(1, 1, 2, num_slots=10)
+    for rid in range(5):
+        dense.admit(rid, 2)
+    dense.free(1)
+    dense.free(3)
+    assert dense.usage().reserved_slots == 6
+    assert not dense.fits([4])  # 4 slots are free, but not in one piece
+    paged = PagedAllocator(1, 1, 2, num_blocks=5, block_size=2)
+    for rid in range(5):
+        paged.admit(rid, 2)
+        paged.ensure(rid, 2)
+    paged.free(1)
+    paged.free(3)
+    assert paged.fits([4])
+
+
+def test_double_free_and_overflow_are_errors():
+    paged = PagedAllocator(1, 1, 2, num_blocks=2, block_size=2)
+    paged.admit(0, 4)
+    with pytest.raises(KVCacheError, match="request 0"):
+        paged.admit(0, 2)
+    paged.free(0)
+    with pytest.raises(KVCacheError, match="double free"):
+        paged.free(0)
+    dense = DenseKVCache(1, 1, 2, num_slots=4)
+    dense.admit(0, 2)
+    with pytest.raises(KVCacheError, match="reserved 2"):
+        dense.ensure(0, 3)
