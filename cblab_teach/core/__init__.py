@@ -1,6 +1,6 @@
 """The engine's core: requests, scheduling, ragged batches, KV caches, the loop."""
 
-from .batch_builder import RaggedBatch, batch_mask, build_batch, ragged_causal_mask
+from .batch_builder import PlanLayout, RaggedBatch, batch_mask, build_batch, plan_layout, ragged_causal_mask
 from .config import EngineConfig
 from .engine import Engine, StepRecord
 from .kv_cache import DenseKVCache, KVCache, KVUsage, PagedAllocator
@@ -15,6 +15,7 @@ __all__ = [
     "KVCache",
     "KVUsage",
     "PagedAllocator",
+    "PlanLayout",
     "RaggedBatch",
     "Request",
     "RequestState",
@@ -26,5 +27,6 @@ __all__ = [
     "StepRecord",
     "batch_mask",
     "build_batch",
+    "plan_layout",
     "ragged_causal_mask",
 ]

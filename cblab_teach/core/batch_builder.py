@@ -12,8 +12,8 @@ Everything below is built with tensor ops, never a Python double loop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -47,7 +47,7 @@ class RaggedBatch:
     def query_lens(self) -> torch.Tensor:
         return self.cu_seqlens[1:] - self.cu_seqlens[:-1]
 
-    def to(self, device: str | torch.device) -> "RaggedBatch":
+    def to(self, device: str | torch.device) -> RaggedBatch:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
         return RaggedBatch(**moved)
 
@@ -72,6 +72,40 @@ def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, 
     return starts[owner] + torch.arange(int(lengths.sum())) - offsets[owner], owner
 
 
+@dataclass
+class PlanLayout:
+    """Where every query and key of a plan sits; needs no token ids, so a notebook can draw it."""
+
+    positions: torch.Tensor  # [N]
+    seq_ids: torch.Tensor  # [N]
+    key_positions: torch.Tensor  # [M]
+    key_seq_ids: torch.Tensor  # [M]
+    cu_seqlens: torch.Tensor  # [B + 1]
+    cached_lens: torch.Tensor  # [B]
+    context_lens: torch.Tensor  # [B]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return ragged_causal_mask(self.seq_ids, self.positions, self.key_seq_ids, self.key_positions)
+
+    @property
+    def key_is_cached(self) -> torch.Tensor:
+        """[M] True for keys stored before this step (the cached prefix), False for this step's."""
+        return self.key_positions < self.cached_lens[self.key_seq_ids]
+
+
+def plan_layout(plan: StepPlan) -> PlanLayout:
+    """Positions and request indices of a plan's queries and keys."""
+    starts = torch.tensor([c.start for c in plan.chunks], dtype=torch.long)
+    lengths = torch.tensor([c.length for c in plan.chunks], dtype=torch.long)
+    context = starts + lengths
+    positions, seq_ids = _ranges(starts, lengths)
+    key_positions, key_seq_ids = _ranges(torch.zeros_like(context), context)
+    cu = torch.zeros(len(plan.chunks) + 1, dtype=torch.long)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return PlanLayout(positions, seq_ids, key_positions, key_seq_ids, cu, starts, context)
+
+
 def build_batch(
     plan: StepPlan, requests: Mapping[int, Request], device: str | torch.device = "cpu"
 ) -> RaggedBatch:
@@ -80,25 +114,19 @@ def build_batch(
     token_ids: list[int] = []
     for c in chunks:
         token_ids.extend(requests[c.request_id].all_ids[c.start : c.end])
-    starts = torch.tensor([c.start for c in chunks], dtype=torch.long)
-    lengths = torch.tensor([c.length for c in chunks], dtype=torch.long)
-    context = starts + lengths
-    positions, seq_ids = _ranges(starts, lengths)
-    key_positions, key_seq_ids = _ranges(torch.zeros_like(context), context)
-    cu = torch.zeros(len(chunks) + 1, dtype=torch.long)
-    cu[1:] = torch.cumsum(lengths, 0)
+    lay = plan_layout(plan)
     sampled = [i for i, c in enumerate(chunks) if c.samples]
     batch = RaggedBatch(
         request_ids=[c.request_id for c in chunks],
         token_ids=torch.tensor(token_ids, dtype=torch.long),
-        positions=positions,
-        seq_ids=seq_ids,
-        cu_seqlens=cu,
-        cached_lens=starts,
-        context_lens=context,
-        key_seq_ids=key_seq_ids,
-        key_positions=key_positions,
-        sample_rows=cu[1:][sampled] - 1 if sampled else torch.zeros(0, dtype=torch.long),
+        positions=lay.positions,
+        seq_ids=lay.seq_ids,
+        cu_seqlens=lay.cu_seqlens,
+        cached_lens=lay.cached_lens,
+        context_lens=lay.context_lens,
+        key_seq_ids=lay.key_seq_ids,
+        key_positions=lay.key_positions,
+        sample_rows=lay.cu_seqlens[1:][sampled] - 1 if sampled else torch.zeros(0, dtype=torch.long),
         sample_request_ids=[chunks[i].request_id for i in sampled],
     )
     return batch if str(device) == "cpu" else batch.to(device)

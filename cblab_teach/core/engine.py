@@ -15,8 +15,8 @@ Every step returns a :class:`StepRecord`, the raw material of every plot.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 

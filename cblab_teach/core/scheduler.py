@@ -19,8 +19,9 @@ data that a notebook can draw and a test can check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 from ..errors import ConfigError
 from .request import Request, RequestState

@@ -13,7 +13,7 @@ sits after each row's real tokens and is never attended to).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

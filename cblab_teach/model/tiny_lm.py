@@ -132,7 +132,7 @@ class TinyLM(nn.Module):
         return segmented_attention(q, k, v, ctx.batch, ctx.layout)
 
     @classmethod
-    def from_hf(cls, hf_model) -> "TinyLM":
+    def from_hf(cls, hf_model) -> TinyLM:
         """Copy the weights of a Hugging Face ``LlamaForCausalLM`` (same math, same outputs)."""
         from .hf import config_from_hf, state_dict_from_hf
 

@@ -14,7 +14,8 @@ The engine calls every hook itself, in registration order:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,13 +35,13 @@ class Plugin:
 
 
 class SchedulerPlugin(Plugin):
-    def before_step(self, engine: "Engine") -> None:
+    def before_step(self, engine: Engine) -> None:
         """Called before the scheduler plans a step."""
 
-    def after_step(self, engine: "Engine", record: "StepRecord") -> None:
+    def after_step(self, engine: Engine, record: StepRecord) -> None:
         """Called after a step is committed, with its record."""
 
-    def on_request_completion(self, engine: "Engine", request: "Request") -> None:
+    def on_request_completion(self, engine: Engine, request: Request) -> None:
         """Called once when a request finishes."""
 
 
@@ -49,8 +50,8 @@ class AttentionPlugin(Plugin):
         self,
         layer: int,
         q: torch.Tensor,
-        ctx: "StepContext",
-        default: Callable[[int, torch.Tensor, "StepContext"], torch.Tensor],
+        ctx: StepContext,
+        default: Callable[[int, torch.Tensor, StepContext], torch.Tensor],
     ) -> torch.Tensor:
         """Return the attention output ``[N, heads, head_dim]``; by default, the engine's own."""
         return default(layer, q, ctx)
@@ -58,10 +59,10 @@ class AttentionPlugin(Plugin):
 
 class CachePlugin(Plugin):
     def before_append(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, batch: "RaggedBatch"
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the K/V to store (transformed or not)."""
         return k, v
 
-    def after_append(self, layer: int, k: torch.Tensor, v: torch.Tensor, batch: "RaggedBatch") -> None:
+    def after_append(self, layer: int, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> None:
         """Observe the K/V just stored."""
