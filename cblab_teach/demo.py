@@ -14,16 +14,16 @@ def format_step(record: StepRecord) -> str:
     """One table row: the budget bar, then who got which tokens."""
     bar = "".join("D" if c.kind == "decode" else "P" for c in record.plan.chunks for _ in range(c.length))
     bar += "." * record.plan.unused
-    work = " ".join(
-        f"{'d' if c.kind == 'decode' else 'p'}{c.request_id}:{c.length}" for c in record.plan.chunks
-    )
+    work = " ".join(f"{'d' if c.kind == 'decode' else 'p'}{c.request_id}:{c.length}" for c in record.plan.chunks)
     done = ",".join(map(str, record.finished)) or "-"
     return f"{record.step:>4} | {bar} | {record.used:>3}/{record.budget:<3} | {work:<40} | {done:<8} | {record.kv.reserved_slots:>5}"
 
 
 def run_demo(num_requests: int = 6, budget: int = 16, chunk: int = 8, layout: str = "paged", seed: int = 0) -> str:
     model = TinyLM(ModelConfig(), seed=seed)
-    engine = Engine(model, EngineConfig(max_tokens_per_step=budget, prefill_chunk_size=chunk, kv_layout=layout, block_size=8))
+    engine = Engine(
+        model, EngineConfig(max_tokens_per_step=budget, prefill_chunk_size=chunk, kv_layout=layout, block_size=8)
+    )
     workload = make_workload(num_requests, (6, 30), (3, 12), seed=seed)
     for prompt, n in zip(workload.prompts, workload.max_new_tokens):
         engine.add_request(prompt, n)

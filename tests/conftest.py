@@ -12,7 +12,12 @@ from cblab_teach.workloads import make_workload
 @pytest.fixture(scope="session")
 def model64() -> TinyLM:
     """float64, so greedy token identity never hinges on a float32 near-tie."""
-    return TinyLM(ModelConfig(vocab_size=97, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, dtype=torch.float64), seed=1)
+    return TinyLM(
+        ModelConfig(
+            vocab_size=97, hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, dtype=torch.float64
+        ),
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,11 @@ from cblab_teach.core.scheduler import ScheduledChunk, StepPlan
 def _qkv(n_q: int, n_k: int, heads: int = 2, kv_heads: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     shape = lambda n, h: (1, n, h, 8)  # noqa: E731
-    return (torch.randn(shape(n_q, heads), generator=g, dtype=torch.float64),
-            torch.randn(shape(n_k, kv_heads), generator=g, dtype=torch.float64),
-            torch.randn(shape(n_k, kv_heads), generator=g, dtype=torch.float64))
+    return (
+        torch.randn(shape(n_q, heads), generator=g, dtype=torch.float64),
+        torch.randn(shape(n_k, kv_heads), generator=g, dtype=torch.float64),
+        torch.randn(shape(n_k, kv_heads), generator=g, dtype=torch.float64),
+    )
 
 
 def test_masked_keys_get_exactly_zero_probability():
@@ -57,8 +59,11 @@ def _mixed_batch():
     reqs = {0: Request(0, list(range(9)), 4), 1: Request(1, [5, 6, 7], 4), 2: Request(2, list(range(6)), 4)}
     reqs[1].output_ids, reqs[1].num_computed = [9], 3  # decoding
     reqs[0].num_computed = 4  # second prefill chunk: attends to a cached prefix
-    chunks = [ScheduledChunk(1, 3, 1, "decode", True), ScheduledChunk(0, 4, 3, "prefill", False),
-              ScheduledChunk(2, 0, 6, "prefill", True)]
+    chunks = [
+        ScheduledChunk(1, 3, 1, "decode", True),
+        ScheduledChunk(0, 4, 3, "prefill", False),
+        ScheduledChunk(2, 0, 6, "prefill", True),
+    ]
     return build_batch(StepPlan(budget=10, chunks=chunks), reqs)
 
 
@@ -75,6 +80,8 @@ def test_segmented_equals_ragged_equals_per_request():
         qs = slice(int(batch.cu_seqlens[b]), int(batch.cu_seqlens[b + 1]))
         n_k = int(batch.context_lens[b])
         mask = batch.key_positions[kstart : kstart + n_k][None, :] <= batch.positions[qs][:, None]
-        alone = masked_attention(q[None, qs], k[None, kstart : kstart + n_k], v[None, kstart : kstart + n_k], mask[None])
+        alone = masked_attention(
+            q[None, qs], k[None, kstart : kstart + n_k], v[None, kstart : kstart + n_k], mask[None]
+        )
         torch.testing.assert_close(ragged[qs], alone[0])
         kstart += n_k

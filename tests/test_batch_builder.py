@@ -13,7 +13,9 @@ def test_layout_of_a_mixed_batch():
     reqs = {0: Request(0, [10, 11, 12, 13, 14], 3), 1: Request(1, [20, 21], 3)}
     reqs[1].output_ids, reqs[1].num_computed = [22], 2
     reqs[0].num_computed = 2
-    plan = StepPlan(budget=8, chunks=[ScheduledChunk(1, 2, 1, "decode", True), ScheduledChunk(0, 2, 3, "prefill", True)])
+    plan = StepPlan(
+        budget=8, chunks=[ScheduledChunk(1, 2, 1, "decode", True), ScheduledChunk(0, 2, 3, "prefill", True)]
+    )
     b = build_batch(plan, reqs)
     assert b.token_ids.tolist() == [22, 12, 13, 14]
     assert b.positions.tolist() == [2, 2, 3, 4]
@@ -23,8 +25,12 @@ def test_layout_of_a_mixed_batch():
     assert b.key_positions.tolist() == [0, 1, 2, 0, 1, 2, 3, 4]
     assert b.sample_rows.tolist() == [0, 3] and b.sample_request_ids == [1, 0]
     mask = batch_mask(b)
-    loop = torch.tensor([[b.seq_ids[i] == b.key_seq_ids[j] and b.key_positions[j] <= b.positions[i]
-                          for j in range(b.num_keys)] for i in range(b.num_tokens)])
+    loop = torch.tensor(
+        [
+            [b.seq_ids[i] == b.key_seq_ids[j] and b.key_positions[j] <= b.positions[i] for j in range(b.num_keys)]
+            for i in range(b.num_tokens)
+        ]
+    )
     assert torch.equal(mask, loop)
 
 

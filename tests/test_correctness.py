@@ -26,13 +26,19 @@ def alone(model64, workload):
     return [run_alone(model64, p, n) for p, n in zip(workload.prompts, workload.max_new_tokens)]
 
 
-@pytest.mark.parametrize("cfg", SETTINGS, ids=lambda c: f"b{c['max_tokens_per_step']}-c{c['prefill_chunk_size']}-{c['kv_layout']}-bs{c['block_size']}")
+@pytest.mark.parametrize(
+    "cfg",
+    SETTINGS,
+    ids=lambda c: f"b{c['max_tokens_per_step']}-c{c['prefill_chunk_size']}-{c['kv_layout']}-bs{c['block_size']}",
+)
 def test_batched_equals_alone(model64, workload, alone, cfg):
     out = Engine(model64, EngineConfig(**cfg)).generate(workload.prompts, workload.max_new_tokens)
     assert out == alone
 
 
-@pytest.mark.parametrize("attention,kv_read", [("ragged", "block_table"), ("segmented", "flatten"), ("ragged", "flatten")])
+@pytest.mark.parametrize(
+    "attention,kv_read", [("ragged", "block_table"), ("segmented", "flatten"), ("ragged", "flatten")]
+)
 def test_every_attention_path_gives_the_same_tokens(model64, workload, alone, attention, kv_read):
     cfg = EngineConfig(max_tokens_per_step=9, prefill_chunk_size=4, attention=attention, kv_read=kv_read, block_size=4)
     assert Engine(model64, cfg).generate(workload.prompts, workload.max_new_tokens) == alone

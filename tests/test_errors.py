@@ -37,7 +37,9 @@ def test_bad_engine_config(kwargs, names):
         EngineConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(hidden_size=30, num_heads=4), dict(num_heads=4, num_kv_heads=3), dict(vocab_size=0)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(hidden_size=30, num_heads=4), dict(num_heads=4, num_kv_heads=3), dict(vocab_size=0)]
+)
 def test_bad_model_config(kwargs):
     with pytest.raises(ConfigError):
         ModelConfig(**kwargs)

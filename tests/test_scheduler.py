@@ -92,7 +92,9 @@ def test_plan_is_pure():
     ]
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_tokens_per_step=0), dict(prefill_chunk_size=0), dict(max_running=-1), dict(policy="lifo")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(max_tokens_per_step=0), dict(prefill_chunk_size=0), dict(max_running=-1), dict(policy="lifo")]
+)
 def test_bad_scheduler_settings_are_rejected(kwargs):
     args = dict(max_tokens_per_step=4, prefill_chunk_size=2) | kwargs
     with pytest.raises(ConfigError, match=str(list(kwargs.values())[0])):

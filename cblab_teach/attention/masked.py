@@ -31,9 +31,7 @@ def attention_probs(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return probs.masked_fill(~mask, 0.0)  # only changes fully-masked rows (uniform -> 0)
 
 
-def masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, return_probs: bool = False
-):
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, return_probs: bool = False):
     """Attention over a batch of segments.
 
     q: ``[B, Q, H, D]``; k, v: ``[B, K, Hkv, D]``; mask: ``[B, Q, K]`` bool.

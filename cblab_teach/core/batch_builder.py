@@ -32,8 +32,8 @@ class RaggedBatch:
     context_lens: torch.Tensor  # [B] cached + new: keys each request attends to
     key_seq_ids: torch.Tensor  # [M] request index of every key
     key_positions: torch.Tensor  # [M] position of every key
-    sample_rows: torch.Tensor  # [S] rows whose logits are sampled (last token of a finished chunk)
-    sample_request_ids: list[int]  # [S]
+    sample_rows: torch.Tensor  # [S] rows whose logits are needed (a chunk's last row; every row of a draft chunk)
+    sample_request_ids: list[int]  # [S] owner of each of those rows
 
     @property
     def num_tokens(self) -> int:
@@ -106,16 +106,19 @@ def plan_layout(plan: StepPlan) -> PlanLayout:
     return PlanLayout(positions, seq_ids, key_positions, key_seq_ids, cu, starts, context)
 
 
-def build_batch(
-    plan: StepPlan, requests: Mapping[int, Request], device: str | torch.device = "cpu"
-) -> RaggedBatch:
+def build_batch(plan: StepPlan, requests: Mapping[int, Request], device: str | torch.device = "cpu") -> RaggedBatch:
     """Concatenate the plan's chunks into one :class:`RaggedBatch`."""
     chunks = plan.chunks
     token_ids: list[int] = []
     for c in chunks:
-        token_ids.extend(requests[c.request_id].all_ids[c.start : c.end])
+        token_ids.extend(requests[c.request_id].all_ids[c.start : c.end - len(c.drafts)])
+        token_ids.extend(c.drafts)  # speculative tokens: verified by this very forward
     lay = plan_layout(plan)
-    sampled = [i for i, c in enumerate(chunks) if c.samples]
+    sample_rows = [
+        row
+        for i, c in enumerate(chunks)
+        for row in range(int(lay.cu_seqlens[i + 1]) - c.num_logits, int(lay.cu_seqlens[i + 1]))
+    ]
     batch = RaggedBatch(
         request_ids=[c.request_id for c in chunks],
         token_ids=torch.tensor(token_ids, dtype=torch.long),
@@ -126,7 +129,7 @@ def build_batch(
         context_lens=lay.context_lens,
         key_seq_ids=lay.key_seq_ids,
         key_positions=lay.key_positions,
-        sample_rows=lay.cu_seqlens[1:][sampled] - 1 if sampled else torch.zeros(0, dtype=torch.long),
-        sample_request_ids=[chunks[i].request_id for i in sampled],
+        sample_rows=torch.tensor(sample_rows, dtype=torch.long),
+        sample_request_ids=[c.request_id for c in chunks for _ in range(c.num_logits)],
     )
     return batch if str(device) == "cpu" else batch.to(device)

@@ -23,9 +23,22 @@ class EngineConfig:
     kv_read: str = "block_table"  # or "flatten": copy each request's blocks first
     eos_token_id: int | None = None
     device: str = "cpu"
+    preemption: bool = False  # admit optimistically, preempt + recompute when the pool runs out (paged)
+    enable_prefix_caching: bool = False  # reuse full KV blocks of identical prefixes (paged)
+    speculative: str | None = None  # None, "ngram" (prompt lookup) or "draft" (a smaller TinyLM)
+    num_speculative_tokens: int = 4
+    ngram_size: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens_per_step", "prefill_chunk_size", "max_running", "block_size", "num_blocks"):
+        for name in (
+            "max_tokens_per_step",
+            "prefill_chunk_size",
+            "max_running",
+            "block_size",
+            "num_blocks",
+            "num_speculative_tokens",
+            "ngram_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"EngineConfig.{name} must be an int >= 1, got {value!r}")
@@ -34,10 +47,14 @@ class EngineConfig:
             "attention": ATTENTION_IMPLS,
             "kv_read": ("block_table", "flatten"),
             "policy": ("fcfs", "priority"),
+            "speculative": (None, "ngram", "draft"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("preemption", "enable_prefix_caching"):
+            if getattr(self, name) and self.kv_layout != "paged":
+                raise ConfigError(f"EngineConfig.{name}=True needs kv_layout='paged', got {self.kv_layout!r}")
 
     @property
     def num_slots(self) -> int:

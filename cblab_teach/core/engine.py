@@ -20,14 +20,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import CapacityError, CBLabError, DuplicateRequestError, PluginError, RequestError, UnknownRequestError
+from ..errors import (
+    CapacityError,
+    CBLabError,
+    ConfigError,
+    DuplicateRequestError,
+    PluginError,
+    RequestError,
+    UnknownRequestError,
+)
 from ..model.tiny_lm import TinyLM
 from .batch_builder import build_batch
 from .config import EngineConfig
 from .kv_cache import DenseKVCache, KVCache, KVUsage, PagedAllocator
 from .request import Request, RequestState, SamplingParams
-from .sampling import sample_tokens
-from .scheduler import Scheduler, StepPlan
+from .sampling import accept_drafts, sample_token
+from .scheduler import Scheduler, StepPlan, is_decoding
+from .speculative import DraftModelProposer, PromptLookupProposer
 
 
 @dataclass
@@ -46,6 +55,11 @@ class StepRecord:
     duration_s: float
     forward_s: float
     extra: dict = field(default_factory=dict)  # plugins may annotate
+    new_tokens: dict[int, list[int]] = field(default_factory=dict)  # every token appended this step
+
+    @property
+    def preempted(self) -> list[int]:
+        return self.plan.preempted
 
     @property
     def budget(self) -> int:
@@ -65,19 +79,58 @@ class StepRecord:
         return self.duration_s - self.forward_s
 
 
+@dataclass
+class EngineStats:
+    """Counters of the advanced features, for reports and tests."""
+
+    preemptions: int = 0
+    recomputed_tokens: int = 0  # KV thrown away by preemption and computed again
+    prefix_hit_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    draft_tokens: int = 0  # speculative tokens proposed and verified
+    accepted_tokens: int = 0  # of those, kept
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+
 def make_kv_cache(model: TinyLM, config: EngineConfig) -> KVCache:
     cfg = model.config
     shape = (cfg.num_layers, cfg.kv_heads, cfg.head_dim)
     if config.kv_layout == "paged":
-        return PagedAllocator(*shape, config.num_blocks, config.block_size, model.dtype, model.device)
+        return PagedAllocator(
+            *shape, config.num_blocks, config.block_size, model.dtype, model.device, config.enable_prefix_caching
+        )
     return DenseKVCache(*shape, config.num_slots, model.dtype, model.device)
+
+
+def make_proposer(config: EngineConfig, draft_model: TinyLM | None):
+    if config.speculative == "ngram":
+        return PromptLookupProposer(config.ngram_size)
+    if config.speculative == "draft":
+        if draft_model is None:
+            raise ConfigError("speculative='draft' needs Engine(..., draft_model=a smaller TinyLM)")
+        return DraftModelProposer(draft_model)
+    return None
 
 
 class Engine:
     """Continuous batching over a :class:`TinyLM`: requests join and leave at token boundaries."""
 
-    def __init__(self, model: TinyLM, config: EngineConfig | None = None, plugins: Iterable = ()) -> None:
+    def __init__(
+        self,
+        model: TinyLM,
+        config: EngineConfig | None = None,
+        plugins: Iterable = (),
+        draft_model: TinyLM | None = None,
+    ) -> None:
         self.config = config or EngineConfig()
+        self.proposer = make_proposer(self.config, draft_model)
+        if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
+            raise ConfigError(
+                f"draft model vocab {draft_model.config.vocab_size} != target vocab {model.config.vocab_size}"
+            )
+        self.stats = EngineStats()
         self.model = model.to(self.config.device)
         self.scheduler = Scheduler(
             self.config.max_tokens_per_step, self.config.prefill_chunk_size, self.config.max_running, self.config.policy
@@ -207,25 +260,28 @@ class Engine:
         """Run one step: plan, one forward over the mixed batch, sample, commit."""
         start = time.perf_counter()
         self._fire("before_step")
-        plan = self.scheduler.plan(self.running, self.waiting, self.kv, self.budget)
+        plan = self.scheduler.plan(
+            self.running, self.waiting, self.kv, self.budget, self.config.preemption, self._propose()
+        )
         if not plan.chunks and self.has_unfinished():
             raise CBLabError(f"the scheduler made no progress (budget={self.budget}); nothing can run")
-        self._admit(plan.admitted)
+        self._preempt(plan.preempted)
+        self._admit(plan)
         for c in plan.chunks:
             self.kv.ensure(c.request_id, c.end)
         batch = build_batch(plan, self.requests, self.model.device)
         fwd_start = time.perf_counter()
         logits = self.model(batch, self.kv, impl=self.config.attention, via_flatten=self.config.kv_read == "flatten")
-        sampled_reqs = [self.requests[r] for r in batch.sample_request_ids]
-        tokens = sample_tokens(logits, sampled_reqs) if sampled_reqs else []
+        new_tokens = self._sample(plan, logits)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
         forward_s = time.perf_counter() - fwd_start
-        finished = self._commit(plan, sampled_reqs, tokens)
+        finished = self._commit(plan, new_tokens)
         record = StepRecord(
             step=len(self.records),
             plan=plan,
-            sampled={r.request_id: t for r, t in zip(sampled_reqs, tokens)},
+            sampled={rid: toks[-1] for rid, toks in new_tokens.items()},
+            new_tokens=new_tokens,
             finished=[r.request_id for r in finished],
             running=[r.request_id for r in self.running],
             waiting=[r.request_id for r in self.waiting],
@@ -242,25 +298,81 @@ class Engine:
         record.duration_s = time.perf_counter() - start
         return record
 
-    def _admit(self, request_ids: list[int]) -> None:
+    def _propose(self) -> dict[int, list[int]]:
+        """Speculative guesses for greedy decoding requests, never past their max_new_tokens."""
+        if self.proposer is None:
+            return {}
+        reqs = [r for r in self.running if is_decoding(r) and r.sampling.greedy]
+        room = [min(self.config.num_speculative_tokens, r.max_new_tokens - len(r.output_ids) - 1) for r in reqs]
+        return self.proposer.propose(reqs, room)
+
+    def _preempt(self, request_ids: list[int]) -> None:
+        """Free a request's KV and send it back to the queue; it will be recomputed from its tokens."""
         for rid in request_ids:
             req = self.requests[rid]
-            self.kv.admit(rid, req.max_total_tokens)
+            self.kv.free(rid)
+            self.running.remove(req)
+            self.stats.preemptions += 1
+            self.stats.recomputed_tokens += req.num_computed
+            req.num_preemptions += 1
+            req.num_computed = 0
+            req.state = RequestState.WAITING
+            self.waiting.append(req)
+
+    def _admit(self, plan: StepPlan) -> None:
+        for rid in plan.admitted:
+            req = self.requests[rid]
+            self.kv.admit(rid, req.max_total_tokens, reserve=not self.config.preemption)
+            if self.config.enable_prefix_caching:
+                req.num_computed = self.kv.claim_prefix(rid, req.all_ids)
+                self.stats.prefix_hit_tokens += req.num_computed
+                assert req.num_computed == plan.cached_tokens.get(rid, 0), "prefix cache changed since planning"
             self.waiting.remove(req)
             self.running.append(req)
             req.state = RequestState.PREFILL
 
-    def _commit(self, plan: StepPlan, sampled: list[Request], tokens: list[int]) -> list[Request]:
+    def _sample(self, plan: StepPlan, logits: torch.Tensor) -> dict[int, list[int]]:
+        """Tokens each request gains: one sample, or the verified prefix of its drafts plus one."""
+        greedy = logits.argmax(dim=-1).tolist()
+        out: dict[int, list[int]] = {}
+        row = 0
+        for c in plan.chunks:
+            if not c.num_logits:
+                continue
+            req = self.requests[c.request_id]
+            if c.drafts:
+                out[c.request_id] = accept_drafts(greedy[row : row + c.num_logits], c.drafts)
+                self.stats.draft_tokens += len(c.drafts)
+                self.stats.accepted_tokens += len(out[c.request_id]) - 1
+            elif req.sampling.greedy:
+                out[c.request_id] = [greedy[row]]
+            else:
+                out[c.request_id] = [sample_token(logits[row], req)]
+            row += c.num_logits
+        return out
+
+    def _commit(self, plan: StepPlan, new_tokens: dict[int, list[int]]) -> list[Request]:
         step = len(self.records)
         now = time.perf_counter()
+        finished = []
         for c in plan.chunks:
             req = self.requests[c.request_id]
-            req.num_computed = c.end
             req.last_scheduled_step = step
-        finished = []
-        for req, token in zip(sampled, tokens):
-            req.append_token(token)
-            req.token_times.append(now)
+            tokens = new_tokens.get(c.request_id, [])
+            req.num_computed = c.end - len(c.drafts) + (len(tokens) - 1 if c.drafts else 0)
+            if c.drafts:  # rejected guesses leave garbage K/V behind: forget it
+                self.kv.truncate(c.request_id, req.num_computed)
+            kept = []
+            for token in tokens:
+                req.append_token(token)
+                req.token_times.append(now)
+                kept.append(token)
+                if req.is_finished:
+                    break
+            if c.request_id in new_tokens:
+                new_tokens[c.request_id] = kept
+            if self.config.enable_prefix_caching:
+                self.kv.register_full_blocks(req.request_id, req.all_ids)
             if req.is_finished:
                 finished.append(req)
                 self.kv.free(req.request_id)

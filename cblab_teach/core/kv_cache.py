@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, KVCacheError
+from .prefix_cache import PrefixIndex, block_digests
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class KVCache(ABC):
         """Could requests of these worst-case lengths be admitted now, together?"""
 
     @abstractmethod
-    def admit(self, request_id: int, max_tokens: int) -> None:
-        """Make room for a request that may grow to ``max_tokens`` tokens."""
+    def admit(self, request_id: int, max_tokens: int, reserve: bool = True) -> None:
+        """Make room for a request that may grow to ``max_tokens`` tokens (promised now if ``reserve``)."""
 
     @abstractmethod
     def _grow(self, request_id: int, num_tokens: int) -> None:
@@ -109,6 +110,10 @@ class KVCache(ABC):
             raise KVCacheError(f"request {request_id} has no KV in this cache")
         self._grow(request_id, num_tokens)
         self.lengths[request_id] = max(self.lengths[request_id], num_tokens)
+
+    def truncate(self, request_id: int, num_tokens: int) -> None:
+        """Forget the K/V of positions ``num_tokens`` and later (rejected speculative tokens)."""
+        self.lengths[request_id] = min(self.lengths[request_id], num_tokens)
 
     def free(self, request_id: int) -> None:
         if request_id not in self.lengths:
@@ -168,7 +173,7 @@ class DenseKVCache(KVCache):
             taken.append((start, n))
         return True
 
-    def admit(self, request_id: int, max_tokens: int) -> None:
+    def admit(self, request_id: int, max_tokens: int, reserve: bool = True) -> None:
         if request_id in self.lengths:
             raise KVCacheError(f"request {request_id} already has KV in this cache")
         start = self._first_fit(max_tokens, list(self.ranges.values()))
@@ -200,7 +205,12 @@ class DenseKVCache(KVCache):
 
 
 class PagedAllocator(KVCache):
-    """A shared pool of fixed-size blocks, a free list, and a block table per request."""
+    """A shared pool of fixed-size blocks, a free list, and a block table per request.
+
+    With ``enable_prefix_caching`` full blocks are also named by the hash of
+    their tokens (see :mod:`.prefix_cache`): a block may then sit in several
+    block tables at once, and ``ref_counts`` says how many.
+    """
 
     def __init__(
         self,
@@ -211,6 +221,7 @@ class PagedAllocator(KVCache):
         block_size: int,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        enable_prefix_caching: bool = False,
     ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ConfigError(f"num_blocks and block_size must be >= 1, got {num_blocks} and {block_size}")
@@ -220,42 +231,125 @@ class PagedAllocator(KVCache):
         self.free_blocks: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
         self.block_tables: dict[int, list[int]] = {}
         self.reserved_blocks: dict[int, int] = {}  # worst case promised at admission
+        self.ref_counts: list[int] = [0] * num_blocks
+        self.prefix = PrefixIndex() if enable_prefix_caching else None
+        self._digests: dict[int, list[bytes]] = {}  # request id -> digests of its registered full blocks
 
     def blocks_for(self, num_tokens: int) -> int:
         return math.ceil(num_tokens / self.block_size)
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_blocks)
+        """Blocks that can be handed out now: never used, or cached but unused (evictable)."""
+        return len(self.free_blocks) + (len(self.prefix.evictable) if self.prefix else 0)
 
     def _unpromised_blocks(self) -> int:
-        promised = sum(
-            self.reserved_blocks[r] - len(self.block_tables[r]) for r in self.block_tables
-        )
+        promised = sum(max(0, self.reserved_blocks[r] - len(self.block_tables[r])) for r in self.block_tables)
         return self.num_free_blocks - promised
 
     def fits(self, token_counts: Sequence[int]) -> bool:
         return sum(self.blocks_for(n) for n in token_counts) <= self._unpromised_blocks()
 
-    def admit(self, request_id: int, max_tokens: int) -> None:
+    def blocks_needed(self, request_id: int, num_tokens: int) -> int:
+        """New blocks a request needs to hold ``num_tokens`` tokens."""
+        held = len(self.block_tables.get(request_id, ()))
+        return max(0, self.blocks_for(num_tokens) - held)
+
+    def blocks_released_by(self, request_id: int) -> int:
+        """Blocks that would become free if this request let go of its KV (shared ones stay)."""
+        return sum(self.ref_counts[b] == 1 for b in self.block_tables.get(request_id, ()))
+
+    def admit(self, request_id: int, max_tokens: int, reserve: bool = True) -> None:
         if request_id in self.lengths:
             raise KVCacheError(f"request {request_id} already has KV in this cache")
-        if not self.fits([max_tokens]):
+        if reserve and not self.fits([max_tokens]):
             raise KVCacheError(f"{self.blocks_for(max_tokens)} blocks are not free for request {request_id}")
         self.block_tables[request_id] = []
-        self.reserved_blocks[request_id] = self.blocks_for(max_tokens)
+        self.reserved_blocks[request_id] = self.blocks_for(max_tokens) if reserve else 0
         self.lengths[request_id] = 0
+        self._digests[request_id] = []
+
+    # -- prefix caching ---------------------------------------------------------------
+    def cached_prefix(self, token_ids: Sequence[int]) -> int:
+        """Tokens of ``token_ids`` whose KV is cached in whole blocks (pure lookup).
+
+        At least one token is always left to compute: its logits give the next token.
+        """
+        if self.prefix is None:
+            return 0
+        blocks = self.prefix.lookup(block_digests(token_ids[:-1], self.block_size))
+        return len(blocks) * self.block_size
+
+    def claim_prefix(self, request_id: int, token_ids: Sequence[int]) -> int:
+        """Put the cached leading blocks into the request's table (by reference); returns tokens reused."""
+        if self.prefix is None:
+            return 0
+        digests = block_digests(token_ids[:-1], self.block_size)
+        blocks = self.prefix.lookup(digests)
+        for block in blocks:
+            if self.ref_counts[block] == 0:
+                self.prefix.unpark(block)
+            self.ref_counts[block] += 1
+        self.block_tables[request_id].extend(blocks)
+        self._digests[request_id] = digests[: len(blocks)]
+        self.prefix.hits += len(blocks)
+        n = len(blocks) * self.block_size
+        self.lengths[request_id] = n
+        return n
+
+    def register_full_blocks(self, request_id: int, token_ids: Sequence[int]) -> None:
+        """Name the request's blocks that are now full, so later requests can find them."""
+        if self.prefix is None:
+            return
+        known = self._digests[request_id]
+        full = self.lengths[request_id] // self.block_size
+        if full <= len(known):
+            return
+        parent = known[-1] if known else b""
+        start = len(known) * self.block_size
+        new = block_digests(token_ids[start : full * self.block_size], self.block_size, parent)
+        table = self.block_tables[request_id]
+        for i, digest in enumerate(new, start=len(known)):
+            self.prefix.register(digest, table[i])
+        known.extend(new)
+
+    # -- growth and release -------------------------------------------------------------
+    def _take_block(self, request_id: int) -> int:
+        if self.free_blocks:
+            block = self.free_blocks.pop()
+        elif self.prefix is not None and self.prefix.evictable:
+            block = self.prefix.evict()
+        else:
+            raise KVCacheError(f"the block pool is exhausted while growing request {request_id}")
+        self.ref_counts[block] = 1
+        return block
+
+    def _drop_block(self, block: int) -> None:
+        self.ref_counts[block] -= 1
+        if self.ref_counts[block] == 0:
+            if self.prefix is not None and self.prefix.is_cached(block):
+                self.prefix.park(block)
+            else:
+                self.free_blocks.append(block)
 
     def _grow(self, request_id: int, num_tokens: int) -> None:
         table = self.block_tables[request_id]
         while len(table) * self.block_size < num_tokens:
-            if not self.free_blocks:
-                raise KVCacheError(f"the block pool is exhausted while growing request {request_id}")
-            table.append(self.free_blocks.pop())
+            table.append(self._take_block(request_id))
+
+    def truncate(self, request_id: int, num_tokens: int) -> None:
+        """Forget tokens from ``num_tokens`` on (rejected draft tokens) and return whole unused blocks."""
+        table = self.block_tables[request_id]
+        keep = self.blocks_for(num_tokens)
+        while len(table) > keep:
+            self._drop_block(table.pop())
+        self.lengths[request_id] = min(self.lengths[request_id], num_tokens)
 
     def _release(self, request_id: int) -> None:
-        self.free_blocks.extend(reversed(self.block_tables.pop(request_id)))
+        for block in reversed(self.block_tables.pop(request_id)):
+            self._drop_block(block)
         del self.reserved_blocks[request_id]
+        del self._digests[request_id]
 
     def slots(self, request_ids: Sequence[int], seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         tables = [self.block_tables[r] for r in request_ids]
@@ -275,11 +369,22 @@ class PagedAllocator(KVCache):
     def gather(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.flatten(layer, request_id)
 
+    def _used_slots(self) -> int:
+        """Slots holding a token; a block shared by several requests counts once."""
+        if self.prefix is None:
+            return sum(self.lengths.values())
+        fill: dict[int, int] = {}
+        for rid, table in self.block_tables.items():
+            n = self.lengths[rid]
+            for i, block in enumerate(table):
+                fill[block] = max(fill.get(block, 0), min(self.block_size, max(0, n - i * self.block_size)))
+        return sum(fill.values())
+
     def usage(self) -> KVUsage:
-        used_blocks = self.num_blocks - self.num_free_blocks
+        used_blocks = sum(1 for c in self.ref_counts if c > 0)
         return KVUsage(
             total_slots=self.num_slots,
             reserved_slots=used_blocks * self.block_size,
-            used_slots=sum(self.lengths.values()),
+            used_slots=self._used_slots(),
             bytes_per_slot=self.bytes_per_slot,
         )

@@ -25,16 +25,25 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def sample_token(logits: torch.Tensor, request: Request) -> int:
+    """Draw one token from a row of logits with the request's own generator."""
+    s = request.sampling
+    filtered = filter_logits(logits.double().cpu() / s.temperature, s.top_k, s.top_p)
+    return int(torch.multinomial(torch.softmax(filtered, -1), 1, generator=request.generator))
+
+
 def sample_tokens(logits: torch.Tensor, requests: list[Request]) -> list[int]:
-    """One token per row; all-greedy batches take a single vectorised argmax."""
+    """One token per row; greedy rows share a single vectorised argmax."""
     greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for row, (req, best) in enumerate(zip(requests, greedy)):
-        s = req.sampling
-        if s.greedy:
-            out.append(best)
-            continue
-        filtered = filter_logits(logits[row].double().cpu() / s.temperature, s.top_k, s.top_p)
-        probs = torch.softmax(filtered, -1)
-        out.append(int(torch.multinomial(probs, 1, generator=req.generator)))
-    return out
+    return [
+        best if req.sampling.greedy else sample_token(logits[row], req)
+        for row, (req, best) in enumerate(zip(requests, greedy))
+    ]
+
+
+def accept_drafts(target_best: list[int], drafts: tuple[int, ...]) -> list[int]:
+    """Greedy verification: the agreeing prefix of the drafts, then the target's own next token."""
+    n = 0
+    while n < len(drafts) and target_best[n] == drafts[n]:
+        n += 1
+    return list(drafts[:n]) + [target_best[n]]

@@ -39,10 +39,16 @@ class ScheduledChunk:
     length: int
     kind: ChunkKind
     samples: bool  # the chunk reaches the end of the known tokens: sample a new one
+    drafts: tuple[int, ...] = ()  # speculative tokens verified in this chunk (decode only)
 
     @property
     def end(self) -> int:
         return self.start + self.length
+
+    @property
+    def num_logits(self) -> int:
+        """Rows of this chunk whose logits are needed: the last one, or every verified position."""
+        return (1 + len(self.drafts)) if self.samples else 0
 
 
 @dataclass
@@ -50,6 +56,10 @@ class StepPlan:
     budget: int
     chunks: list[ScheduledChunk] = field(default_factory=list)
     admitted: list[int] = field(default_factory=list)
+    preempted: list[int] = field(default_factory=list)  # lose their KV now, recomputed later
+    cached_tokens: dict[int, int] = field(
+        default_factory=dict
+    )  # admitted id -> prompt tokens found in the prefix cache
 
     @property
     def decode_tokens(self) -> int:
@@ -76,6 +86,42 @@ class AdmissionCheck(Protocol):
     """What the scheduler asks the KV cache: would these extra reservations fit?"""
 
     def fits(self, token_counts: Sequence[int]) -> bool: ...
+
+
+class BlockLedger:
+    """Free blocks as the plan spends them, for preemption mode (nothing is allocated here).
+
+    When a request needs blocks that are not free, the lowest-priority running
+    request (the newest, under FCFS) is preempted: its blocks count as free and
+    its chunk, if already planned, is taken back. If that request is the one
+    asking, it preempts itself and waits.
+    """
+
+    def __init__(self, kv, running: Sequence[Request], order_key) -> None:
+        self.kv = kv
+        self.free = kv.num_free_blocks
+        self.victims = sorted(running, key=order_key, reverse=True)
+        self.spent: dict[int, int] = {}
+        self.preempted: list[Request] = []
+
+    def take(self, r: Request, end: int, plan: StepPlan) -> tuple[bool, int]:
+        """Reserve blocks so ``r`` can hold ``end`` tokens; returns (ok, budget refunded by preemptions)."""
+        need = self.kv.blocks_needed(r.request_id, end)
+        refund = 0
+        while need > self.free:
+            victim = next((v for v in self.victims if v not in self.preempted), None)
+            if victim is None:
+                return False, refund
+            self.preempted.append(victim)
+            self.free += self.kv.blocks_released_by(victim.request_id) + self.spent.pop(victim.request_id, 0)
+            for c in [c for c in plan.chunks if c.request_id == victim.request_id]:
+                plan.chunks.remove(c)
+                refund += c.length
+            if victim is r:
+                return False, refund
+        self.free -= need
+        self.spent[r.request_id] = need
+        return True, refund
 
 
 def is_decoding(request: Request) -> bool:
@@ -116,44 +162,82 @@ class Scheduler:
         self,
         running: Sequence[Request],
         waiting: Sequence[Request],
-        kv: AdmissionCheck | None = None,
+        kv=None,
         budget: int | None = None,
+        preemption: bool = False,
+        drafts: dict[int, Sequence[int]] | None = None,
     ) -> StepPlan:
-        """Decide this step's work; ``running`` and ``waiting`` are left untouched."""
+        """Decide this step's work; ``running``, ``waiting`` and ``kv`` are left untouched.
+
+        ``preemption``: admit on the blocks of the first chunk only, and preempt
+        when running requests outgrow the pool (needs a paged ``kv``). Without
+        it, admission reserves a request's worst case, so the pool never runs out.
+        ``drafts``: speculative tokens per decoding request, verified in its decode chunk.
+        """
         budget = self.max_tokens_per_step if budget is None else budget
         plan = StepPlan(budget=budget)
+        drafts = drafts or {}
+        ledger = BlockLedger(kv, running, self.order_key) if preemption else None
         left = budget
 
-        decoders = [r for r in running if is_decoding(r)]
-        decoders.sort(key=lambda r: (r.last_scheduled_step, *self.order_key(r)))
-        for r in decoders[:left]:
-            plan.chunks.append(ScheduledChunk(r.request_id, r.num_computed, 1, "decode", True))
-        left -= min(left, len(decoders))
+        def reserve(r: Request, end: int) -> bool:
+            nonlocal left
+            if ledger is None:
+                return True
+            ok, refund = ledger.take(r, end, plan)
+            left += refund
+            return ok
 
-        prefilling = sorted((r for r in running if not is_decoding(r)), key=self.order_key)
-        for r in prefilling:
+        decoders = sorted(
+            (r for r in running if is_decoding(r)), key=lambda r: (r.last_scheduled_step, *self.order_key(r))
+        )
+        for r in decoders:
             if left == 0:
                 break
-            left -= self._add_prefill(plan, r, left)
+            if r in (ledger.preempted if ledger else ()):
+                continue
+            guess = tuple(drafts.get(r.request_id, ()))[: left - 1]
+            if reserve(r, r.num_computed + 1 + len(guess)):
+                plan.chunks.append(ScheduledChunk(r.request_id, r.num_computed, 1 + len(guess), "decode", True, guess))
+                left -= 1 + len(guess)
+
+        for r in sorted((r for r in running if not is_decoding(r)), key=self.order_key):
+            if left == 0:
+                break
+            if r in (ledger.preempted if ledger else ()):
+                continue
+            length = min(self.prefill_chunk_size, r.num_pending, left)
+            if reserve(r, r.num_computed + length):
+                left -= self._add_prefill(plan, r, r.num_computed, length)
 
         reserved: list[int] = []
-        n_running = len(running)
+        n_running = len(running) - (len(ledger.preempted) if ledger else 0)
         limit = min(self.max_running, budget)
         for r in sorted(waiting, key=self.order_key):
             if left == 0 or n_running >= limit:
                 break
-            if kv is not None and not kv.fits([*reserved, r.max_total_tokens]):
-                break  # keep arrival order: nobody overtakes a request that does not fit yet
-            reserved.append(r.max_total_tokens)
+            start = kv.cached_prefix(r.all_ids) if hasattr(kv, "cached_prefix") else 0
+            length = min(self.prefill_chunk_size, r.num_tokens - start, left)
+            if ledger is not None:
+                if kv.blocks_for(start + length) > ledger.free:
+                    break  # admission never preempts: nobody overtakes a request that does not fit yet
+                ledger.free -= kv.blocks_for(start + length)
+            elif kv is not None:
+                if not kv.fits([*reserved, r.max_total_tokens]):
+                    break
+                reserved.append(r.max_total_tokens)
             plan.admitted.append(r.request_id)
+            if start:
+                plan.cached_tokens[r.request_id] = start
             n_running += 1
-            left -= self._add_prefill(plan, r, left)
+            left -= self._add_prefill(plan, r, start, length)
+        if ledger is not None:
+            plan.preempted = [v.request_id for v in ledger.preempted]
         return plan
 
-    def _add_prefill(self, plan: StepPlan, r: Request, left: int) -> int:
-        length = min(self.prefill_chunk_size, r.num_pending, left)
-        end = r.num_computed + length
-        plan.chunks.append(ScheduledChunk(r.request_id, r.num_computed, length, "prefill", end == r.num_tokens))
+    def _add_prefill(self, plan: StepPlan, r: Request, start: int, length: int) -> int:
+        end = start + length
+        plan.chunks.append(ScheduledChunk(r.request_id, start, length, "prefill", end == r.num_tokens))
         return length
 
 
@@ -166,6 +250,7 @@ def check_plan(plan: StepPlan, requests: dict[int, Request]) -> None:
         seen.add(c.request_id)
         r = requests[c.request_id]
         assert r.state is not RequestState.FINISHED, f"finished request {c.request_id} scheduled"
-        assert c.start == r.num_computed and c.end <= r.num_tokens
+        assert c.start == plan.cached_tokens.get(c.request_id, r.num_computed), f"request {c.request_id} starts wrong"
+        assert c.end <= r.num_tokens + len(c.drafts), f"request {c.request_id} computes tokens it does not have"
     kinds = [c.kind for c in plan.chunks]
     assert kinds == sorted(kinds, key=lambda k: k != "decode"), "decode must come before prefill"

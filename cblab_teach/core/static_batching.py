@@ -62,7 +62,9 @@ class StaticBatchingEngine:
             starts = tqdm(starts, desc="static batches")
         outputs: list[list[int]] = []
         for s in starts:
-            outputs += self._run_batch([list(p) for p in prompts[s : s + self.batch_size]], lengths[s : s + self.batch_size], s)
+            outputs += self._run_batch(
+                [list(p) for p in prompts[s : s + self.batch_size]], lengths[s : s + self.batch_size], s
+            )
         return outputs
 
     def _run_batch(self, prompts: list[list[int]], max_new: list[int], first_id: int) -> list[list[int]]:
@@ -70,7 +72,9 @@ class StaticBatchingEngine:
         rows = len(prompts)
         width = max(len(p) for p in prompts)
         steps = max(max_new)
-        cache = DenseKVCache(cfg.num_layers, cfg.kv_heads, cfg.head_dim, rows * (width + steps), self.model.dtype, self.model.device)
+        cache = DenseKVCache(
+            cfg.num_layers, cfg.kv_heads, cfg.head_dim, rows * (width + steps), self.model.dtype, self.model.device
+        )
         ids = list(range(first_id, first_id + rows))
         for rid in ids:
             cache.admit(rid, width + steps)

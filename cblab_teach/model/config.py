@@ -30,9 +30,7 @@ class ModelConfig:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
-            )
+            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if (self.head_dim % 2) != 0:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
         kv = self.kv_heads

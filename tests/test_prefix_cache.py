@@ -1,0 +1,88 @@
+"""Prefix caching: shared prompt blocks are reused by reference, outputs stay identical."""
+
+from __future__ import annotations
+
+import pytest
+
+from cblab_teach import ConfigError, Engine, EngineConfig
+from cblab_teach.core.prefix_cache import block_digests
+from cblab_teach.workloads import make_workload
+
+from .helpers import run_alone
+
+SYSTEM = [(5 * i + 2) % 97 for i in range(21)]
+
+
+@pytest.fixture(scope="module")
+def chat():
+    w = make_workload(8, (1, 9), (1, 8), vocab_size=97, seed=9)
+    return [SYSTEM + p for p in w.prompts], w.max_new_tokens
+
+
+def test_digests_are_chained():
+    a = block_digests([1, 2, 3, 4, 5, 6], 2)
+    b = block_digests([9, 9, 3, 4, 5, 6], 2)
+    assert len(a) == 3 and a[0] != b[0] and a[1] != b[1]  # same tokens, different prefix: different name
+    assert block_digests([1, 2, 3, 4, 5], 2) == a[:2]  # only full blocks are named
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 7])
+def test_shared_system_prompt_saves_prefill_and_keeps_outputs(model64, chat, block_size):
+    prompts, n = chat
+    alone = [run_alone(model64, p, m) for p, m in zip(prompts, n)]
+    base = EngineConfig(max_tokens_per_step=24, prefill_chunk_size=8, block_size=block_size, num_blocks=200)
+    plain = Engine(model64, base)
+    cached = Engine(model64, EngineConfig(**{**vars(base), "enable_prefix_caching": True}))
+    for engine in (plain, cached):  # the first conversation warms the cache, the rest arrive after
+        ids = [engine.add_request(prompts[0], n[0])]
+        while not engine.output(ids[0]):
+            engine.step()
+        ids += [engine.add_request(p, m) for p, m in zip(prompts[1:], n[1:])]
+        engine.run()
+        assert [engine.output(i) for i in ids] == alone
+    saved = cached.stats.prefix_hit_tokens
+    full_blocks = len(SYSTEM) // block_size * block_size
+    assert saved >= (len(prompts) - 1) * full_blocks  # every later request found the system prompt
+    prefill = lambda e: sum(r.plan.prefill_tokens for r in e.records)  # noqa: E731
+    assert prefill(plain) - prefill(cached) == saved
+
+
+def test_blocks_are_shared_by_reference_and_returned(model64, chat):
+    prompts, n = chat
+    engine = Engine(
+        model64,
+        EngineConfig(
+            max_tokens_per_step=64, prefill_chunk_size=64, block_size=4, num_blocks=80, enable_prefix_caching=True
+        ),
+    )
+    first = engine.add_request(prompts[0], 8)
+    engine.step()
+    second = engine.add_request(prompts[1], 8)
+    engine.step()
+    t1, t2 = engine.kv.block_tables[first], engine.kv.block_tables[second]
+    shared = len(SYSTEM) // 4
+    assert t1[:shared] == t2[:shared]
+    assert all(engine.kv.ref_counts[b] == 2 for b in t1[:shared])
+    engine.run()
+    assert engine.kv.num_free_blocks == 80 and all(c == 0 for c in engine.kv.ref_counts)
+    assert len(engine.kv.prefix.evictable) > 0  # still findable after both finished
+
+
+def test_cached_blocks_survive_until_evicted(model64):
+    engine = Engine(
+        model64, EngineConfig(block_size=4, num_blocks=8, enable_prefix_caching=True, max_tokens_per_step=32)
+    )
+    prompt = list(range(10, 23))
+    engine.generate([prompt], 2)
+    engine.generate([prompt], 2)
+    assert engine.stats.prefix_hit_tokens == 12  # three full blocks found again
+    engine.generate([list(range(50, 79))], 2)  # needs the whole pool: evicts the cached blocks
+    assert engine.kv.prefix.evictions > 0
+    before = engine.stats.prefix_hit_tokens
+    assert engine.generate([prompt], 2) == [run_alone(model64, prompt, 2)]
+    assert engine.stats.prefix_hit_tokens == before  # gone, recomputed
+
+
+def test_prefix_caching_needs_paged_kv():
+    with pytest.raises(ConfigError, match="enable_prefix_caching"):
+        EngineConfig(kv_layout="dense", enable_prefix_caching=True)
