@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from cblab_teach import Engine, EngineConfig, SamplingParams, StaticBatchingEngine, TinyLM
+from cblab_teach import ConfigError, Engine, EngineConfig, SamplingParams, StaticBatchingEngine, TinyLM
 from cblab_teach.core.batch_builder import build_batch
 from cblab_teach.core.engine import make_kv_cache
 from cblab_teach.core.request import Request
@@ -171,3 +171,17 @@ def test_eos_stops_a_request(model64):
     rid = engine.add_request([1, 2, 3], 10, eos_token_id=eos)
     engine.run()
     assert engine.output(rid) == full[: full.index(eos) + 1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_matches_cpu(model64, workload, alone):
+    model = TinyLM(model64.config, seed=1)
+    cfg = EngineConfig(max_tokens_per_step=9, prefill_chunk_size=4, device="cuda")
+    assert Engine(model, cfg).generate(workload.prompts, workload.max_new_tokens) == alone
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(model64):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="cuda"):
+        Engine(model64, EngineConfig(device="cuda"))

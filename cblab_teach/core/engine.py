@@ -125,6 +125,8 @@ class Engine:
         draft_model: TinyLM | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        if torch.device(self.config.device).type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"EngineConfig.device={self.config.device!r} but no CUDA device is available here")
         self.proposer = make_proposer(self.config, draft_model)
         if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
             raise ConfigError(
