@@ -1,0 +1,40 @@
+"""The visual layer: pure functions from StepRecords to plotly figures, and widgets around them.
+
+Every figure reads engine records and never re-schedules. Animated figures carry
+their frames, slider and play / pause buttons, so they play in exported HTML;
+``StepPlayer`` and ``Playground`` are the live (ipywidgets) forms.
+"""
+
+from .attention import attention_figure
+from .blocks import block_map_figure
+from .budget import budget_figure, budget_overview
+from .colors import request_color, request_colors
+from .errors import NoRecordsError, NotPagedError, StepOutOfRangeError, UnknownViewError, VizError
+from .mask import mask_figure
+from .metrics import metrics_figure
+from .players import StepPlayer
+from .playground import Playground
+from .setup import setup_notebook
+from .timeline import compare_timelines, request_states, timeline_figure
+
+__all__ = [
+    "NoRecordsError",
+    "NotPagedError",
+    "Playground",
+    "StepOutOfRangeError",
+    "StepPlayer",
+    "UnknownViewError",
+    "VizError",
+    "attention_figure",
+    "block_map_figure",
+    "budget_figure",
+    "budget_overview",
+    "compare_timelines",
+    "mask_figure",
+    "metrics_figure",
+    "request_color",
+    "request_colors",
+    "request_states",
+    "setup_notebook",
+    "timeline_figure",
+]

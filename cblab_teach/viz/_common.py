@@ -1,0 +1,102 @@
+"""Shared reading of StepRecords: argument checks, request order, KV lengths. No scheduling here."""
+
+from __future__ import annotations
+
+import base64
+import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .errors import NoRecordsError, StepOutOfRangeError
+
+if TYPE_CHECKING:
+    from ..core.engine import StepRecord
+
+Frame = tuple[list[dict], dict]  # (trace updates in view order, layout updates)
+
+
+class StepView(Protocol):
+    """A view drawn one step at a time: a base figure, then per-step updates of its traces."""
+
+    records: Sequence[StepRecord]
+    trace_indices: list[int]
+
+    def base(self) -> go.Figure: ...
+
+    def frame(self, step: int) -> Frame: ...
+
+
+def check_records(records: Sequence[StepRecord]) -> list[StepRecord]:
+    records = list(records)
+    if not records:
+        raise NoRecordsError("no StepRecords to draw: run the engine first (engine.run() returns them)")
+    return records
+
+
+def check_step(records: Sequence[StepRecord], step: int) -> int:
+    """A valid index into ``records`` (negative counts from the end, like a list)."""
+    n = len(records)
+    if not isinstance(step, numbers.Integral) or isinstance(step, bool) or not -n <= step < n:
+        raise StepOutOfRangeError(f"step {step!r} is out of range: this run has {n} steps (0..{n - 1})")
+    return int(step) % n
+
+
+def run_request_ids(records: Sequence[StepRecord]) -> list:
+    """Every request id seen in the run, in order of first appearance (waiting, then scheduled)."""
+    seen: dict = {}
+    for r in records:
+        for rid in r.waiting:
+            seen.setdefault(rid, None)
+        for c in r.plan.chunks:
+            seen.setdefault(c.request_id, None)
+        for rid in list(r.running) + list(r.finished) + list(r.block_tables):
+            seen.setdefault(rid, None)
+    return list(seen)
+
+
+def kv_lengths(records: Sequence[StepRecord]) -> list[dict]:
+    """Per step, tokens each request holds in the KV cache after the step.
+
+    A chunk ``[start, end)`` leaves the request with ``end`` tokens of KV; a request
+    keeps that until it is scheduled again, finishes, or loses its KV (preemption).
+    """
+    lengths: dict = {}
+    out = []
+    for r in records:
+        for c in r.plan.chunks:
+            lengths[c.request_id] = c.end
+        holding = set(r.block_tables) if r.block_tables else set(r.running)
+        lengths = {rid: n for rid, n in lengths.items() if rid in holding}
+        out.append(dict(lengths))
+    return out
+
+
+def label(rid) -> str:
+    return f"r{rid}"
+
+
+_DTYPES = {"u1": np.uint8, "u2": np.uint16, "i4": np.int32, "f4": np.float32, "f8": np.float64}
+
+
+def typed_array(a: np.ndarray) -> dict:
+    """plotly.js's binary array spec: a 2-D heatmap travels as one base64 buffer, not a nested list.
+
+    A widget would otherwise turn a large ``z`` into lists of Python numbers on every slider move.
+    """
+    code = {v: k for k, v in _DTYPES.items()}[a.dtype.type]
+    spec = {"dtype": code, "bdata": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")}
+    if a.ndim > 1:
+        spec["shape"] = ", ".join(str(n) for n in a.shape)
+    return spec
+
+
+def decode_array(value) -> np.ndarray:
+    """Back from :func:`typed_array` (or any array-like) to numpy, so tests can read a figure's data."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=_DTYPES[value["dtype"]])
+        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape)
+    return np.asarray(value)

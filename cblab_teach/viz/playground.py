@@ -1,0 +1,136 @@
+"""A live playground: move a slider, the engine re-runs a small workload, every view redraws.
+
+The engine is the real one (a very small TinyLM), so what you see is what the
+scheduler actually did with those settings. Re-running is synchronous: setting
+``playground.controls[name].value`` from Python re-runs and redraws before it returns.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from ..core.config import EngineConfig
+from ..core.engine import Engine, StepRecord
+from ..errors import CBLabError
+from ..model.config import ModelConfig
+from ..model.tiny_lm import TinyLM
+from ..workloads import make_workload
+from .animate import replace_figure
+from .budget import budget_overview
+from .players import StepPlayer
+from .timeline import timeline_figure
+
+
+def _int(description: str, value: int, lo: int, hi: int) -> widgets.IntSlider:
+    return widgets.IntSlider(value=value, min=lo, max=hi, description=description, continuous_update=False,
+                             style={"description_width": "150px"}, layout={"width": "420px"})  # fmt: skip
+
+
+def _range(description: str, value: tuple[int, int], lo: int, hi: int) -> widgets.IntRangeSlider:
+    return widgets.IntRangeSlider(value=value, min=lo, max=hi, description=description, continuous_update=False,
+                                  style={"description_width": "150px"}, layout={"width": "420px"})  # fmt: skip
+
+
+class Playground:
+    """Sliders for the scheduler, the KV pool and the workload; a budget overview, a timeline and a block map."""
+
+    def __init__(
+        self,
+        max_tokens_per_step: int = 32,
+        prefill_chunk_size: int = 16,
+        block_size: int = 8,
+        kv_slots: int = 512,
+        num_requests: int = 8,
+        prompt_len: tuple[int, int] = (4, 32),
+        new_tokens: tuple[int, int] = (2, 16),
+        seed: int = 0,
+    ) -> None:
+        self.model = TinyLM(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=seed)
+        self.controls: dict[str, widgets.ValueWidget] = {
+            "max_tokens_per_step": _int("max_tokens_per_step", max_tokens_per_step, 1, 256),
+            "prefill_chunk_size": _int("prefill_chunk_size", prefill_chunk_size, 1, 128),
+            "block_size": _int("block_size", block_size, 1, 64),
+            "kv_slots": _int("KV pool (slots)", kv_slots, 16, 4096),
+            "num_requests": _int("requests", num_requests, 1, 64),
+            "prompt_len": _range("prompt length", prompt_len, 1, 128),
+            "new_tokens": _range("new tokens", new_tokens, 1, 128),
+            "seed": _int("workload seed", seed, 0, 99),
+        }
+        self.status = widgets.HTML()
+        self.records: list[StepRecord] = []
+        self.error: CBLabError | None = None
+        self.overview = go.FigureWidget()
+        self.timeline = go.FigureWidget()
+        self.rerun()
+        self.blocks = StepPlayer(self.records or self._placeholder(), view="blocks", num_blocks=self._num_blocks(),
+                                 block_size=self.controls["block_size"].value)  # fmt: skip
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox(
+                    [widgets.VBox(list(self.controls.values())[:4]), widgets.VBox(list(self.controls.values())[4:])]
+                ),  # fmt: skip
+                self.status,
+                self.overview,
+                self.timeline,
+                self.blocks.widget,
+            ]
+        )
+
+    def _placeholder(self) -> list[StepRecord]:
+        raise CBLabError(f"the first run failed: {self.error}")
+
+    def _num_blocks(self) -> int:
+        return max(1, self.controls["kv_slots"].value // self.controls["block_size"].value)
+
+    def settings(self) -> dict:
+        return {name: c.value for name, c in self.controls.items()}
+
+    def run_engine(self) -> list[StepRecord]:
+        """Run the workload the sliders describe; returns the records (raises CBLabError on bad settings)."""
+        s = self.settings()
+        config = EngineConfig(
+            max_tokens_per_step=s["max_tokens_per_step"],
+            prefill_chunk_size=s["prefill_chunk_size"],
+            block_size=s["block_size"],
+            num_blocks=self._num_blocks(),
+        )
+        work = make_workload(s["num_requests"], tuple(s["prompt_len"]), tuple(s["new_tokens"]),
+                             vocab_size=self.model.config.vocab_size, seed=s["seed"])  # fmt: skip
+        engine = Engine(self.model, config)
+        for prompt, n in zip(work.prompts, work.max_new_tokens):
+            engine.add_request(prompt, n)
+        return engine.run()
+
+    def rerun(self) -> None:
+        """Re-run and redraw every view in place; a bad setting shows its error and keeps the last drawing."""
+        try:
+            records = self.run_engine()
+        except CBLabError as e:
+            self.error = e
+            self.status.value = f"<b style='color:#b00'>{type(e).__name__}:</b> {e}"
+            return
+        self.error = None
+        self.records = records
+        tokens = sum(r.plan.used for r in records)
+        budget = sum(r.plan.budget for r in records)
+        self.status.value = (
+            f"{len(records)} steps, {tokens} tokens computed, "
+            f"budget use {100 * tokens / max(budget, 1):.0f}%, peak KV {max(r.kv.reserved_slots for r in records)} slots"
+        )
+        replace_figure(self.overview, budget_overview(records))
+        replace_figure(self.timeline, timeline_figure(records))
+        if hasattr(self, "blocks"):
+            self.blocks.num_blocks = self._num_blocks()
+            self.blocks.block_size = self.controls["block_size"].value
+            self.blocks.set_records(records)
+
+    def _on_change(self, change: dict) -> None:
+        self.rerun()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

@@ -1,0 +1,193 @@
+"""Each request's life as a Gantt chart: waiting, prefill, decode, finished.
+
+The state of request ``r`` at step ``s`` is read from the records, never
+recomputed: ``prefill`` / ``decode`` if the plan gave it a chunk of that kind,
+``waiting`` if it sits in ``record.waiting``, ``idle`` if it holds KV but got
+no tokens, and ``padding`` if it had already finished yet was still computed
+(static batching keeps finished rows in the batch until the longest is done).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ._common import check_records, label, run_request_ids
+from .colors import PADDING_COLOR, WAITING_COLOR, request_color
+from .errors import VizError
+
+if TYPE_CHECKING:
+    from ..core.engine import StepRecord
+
+STATES = ("waiting", "prefill", "decode", "idle", "padding")
+_PATTERN = {"waiting": "", "prefill": "/", "decode": "", "idle": ".", "padding": "x"}
+
+
+def is_static(records: Sequence[StepRecord]) -> bool:
+    """Static-batching records: nobody ever waits in them, and each step counts its padding."""
+    return all(not r.waiting and "padding_tokens" in r.extra for r in records)
+
+
+def request_states(records: Sequence[StepRecord], all_arrive_at_start: bool | None = None) -> dict:
+    """``{request id: [state or None per step]}`` (None: not arrived yet, or finished).
+
+    Static records do not list waiting requests; with ``all_arrive_at_start`` (default for
+    them) a request not yet computed counts as waiting from step 0, as it would in a server.
+    """
+    records = check_records(records)
+    if all_arrive_at_start is None:
+        all_arrive_at_start = is_static(records)
+    ids = run_request_ids(records)
+    states: dict = {rid: [None] * len(records) for rid in ids}
+    finished: set = set()
+    started: set = set()
+    for s, r in enumerate(records):
+        kinds = {c.request_id: c.kind for c in r.plan.chunks}
+        waiting, running = set(r.waiting), set(r.running)
+        for rid in ids:
+            if rid in kinds:
+                state = "padding" if rid in finished else kinds[rid]
+                started.add(rid)
+            elif rid in waiting or (all_arrive_at_start and rid not in started and rid not in finished):
+                state = "waiting"
+            elif rid in running:
+                state = "idle"
+            else:
+                state = None
+            states[rid][s] = state
+        finished.update(r.finished)
+    return states
+
+
+def finish_steps(records: Sequence[StepRecord]) -> dict:
+    """``{request id: step at which it finished}``."""
+    return {rid: r.step for r in records for rid in r.finished}
+
+
+def segments(states: list) -> list[tuple[str, int, int]]:
+    """Run-length encode one request's states: ``[(state, first step, steps)]``."""
+    out: list[tuple[str, int, int]] = []
+    for s, state in enumerate(states):
+        if state is None:
+            continue
+        if out and out[-1][0] == state and out[-1][1] + out[-1][2] == s:
+            out[-1] = (state, out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((state, s, 1))
+    return out
+
+
+def _color(state: str, rid) -> str:
+    return {"waiting": WAITING_COLOR, "padding": PADDING_COLOR}.get(state, request_color(rid))
+
+
+AXES = {"step": "step", "time": "milliseconds since the first step"}
+
+
+def step_edges(records: Sequence[StepRecord], x: str = "step") -> list[tuple[float, float]]:
+    """Where each step starts and ends on the x-axis: by step number, or by wall time (a long step is wide)."""
+    if x == "step":
+        return [(s - 0.5, s + 0.5) for s in range(len(records))]
+    if x == "time":
+        t0 = records[0].start_time
+        return [(1e3 * (r.start_time - t0), 1e3 * (r.start_time - t0 + r.duration_s)) for r in records]
+    raise VizError(f"x must be one of {tuple(AXES)}, got {x!r}")
+
+
+def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> list[go.BaseTraceType]:
+    """One bar trace per state (a bar spans a run of steps in one state) and the finish marks."""
+    records = check_records(records)
+    edges = step_edges(records, x)
+    states = request_states(records)
+    per_state: dict[str, list] = {s: [] for s in STATES}
+    for rid, row in states.items():
+        for state, start, length in segments(row):
+            per_state[state].append((rid, start, length))
+    traces: list[go.BaseTraceType] = []
+    for state in STATES:
+        rows = per_state[state]
+        traces.append(
+            go.Bar(
+                name=state,
+                legendgroup=state,
+                showlegend=showlegend,
+                orientation="h",
+                y=[label(rid) for rid, _, _ in rows],
+                x=[edges[b + n - 1][1] - edges[b][0] for _, b, n in rows],
+                base=[edges[b][0] for _, b, _ in rows],
+                customdata=[[label(rid), state, b, b + n - 1] for rid, b, n in rows],
+                hovertemplate="%{customdata[0]} %{customdata[1]}: steps %{customdata[2]}..%{customdata[3]}<extra></extra>",
+                marker={
+                    "color": [_color(state, rid) for rid, _, _ in rows] or WAITING_COLOR,
+                    "pattern": {"shape": _PATTERN[state]},
+                    "opacity": 0.45 if state == "idle" else 1.0,
+                    "line": {"width": 0},
+                },
+            )
+        )
+    done = finish_steps(records)
+    traces.append(
+        go.Scatter(
+            name="finished",
+            legendgroup="finished",
+            showlegend=showlegend,
+            mode="markers",
+            x=[edges[step][1] for step in done.values()],
+            y=[label(rid) for rid in done],
+            marker={"symbol": "line-ns", "size": 14, "line": {"width": 3, "color": "black"}},
+            hovertemplate="%{y} finished after step %{customdata}<extra></extra>",
+            customdata=list(done.values()),
+        )
+    )
+    return traces
+
+
+def _request_order(records: Sequence[StepRecord]) -> list[str]:
+    return [label(rid) for rid in run_request_ids(records)]
+
+
+def timeline_figure(records: Sequence[StepRecord], title: str = "", x: str = "step") -> go.Figure:
+    """Gantt chart of every request of a run; ``x="time"`` spaces steps by their measured duration."""
+    records = check_records(records)
+    fig = go.Figure(timeline_traces(records, x=x))
+    fig.update_layout(
+        barmode="overlay",
+        title=title or f"request timeline: {len(records)} steps",
+        xaxis_title=AXES[x],
+        yaxis={
+            "autorange": "reversed",
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": _request_order(records),
+        },
+        height=max(300, 22 * len(run_request_ids(records)) + 140),
+    )
+    return fig
+
+
+def compare_timelines(
+    continuous_records: Sequence[StepRecord], static_records: Sequence[StepRecord], x: str = "step"
+) -> go.Figure:
+    """Continuous vs static batching on the same workload, side by side on one x-axis (steps or time)."""
+    cont, stat = check_records(continuous_records), check_records(static_records)
+    order = _request_order(cont)
+    order += [r for r in _request_order(stat) if r not in order]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=(f"continuous batching: {len(cont)} steps", f"static batching: {len(stat)} steps"),
+    )
+    for trace in timeline_traces(cont, x=x):
+        fig.add_trace(trace, 1, 1)
+    for trace in timeline_traces(stat, showlegend=False, x=x):
+        fig.add_trace(trace, 1, 2)
+    last = max(step_edges(cont, x)[-1][1], step_edges(stat, x)[-1][1])
+    fig.update_xaxes(title=AXES[x], range=[step_edges(cont, x)[0][0], last])
+    fig.update_yaxes(autorange="reversed", type="category", categoryorder="array", categoryarray=order)
+    fig.update_layout(barmode="overlay", height=max(320, 22 * len(order) + 160), title="same workload, two schedulers")
+    return fig
