@@ -37,11 +37,14 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     q: ``[B, Q, H, D]``; k, v: ``[B, K, Hkv, D]``; mask: ``[B, Q, K]`` bool.
     Returns ``[B, Q, H, D]`` (and the ``[B, H, Q, K]`` probabilities if asked).
     """
-    heads = q.shape[-2]
-    k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    b, nq, heads, d = q.shape
+    kv_heads = k.shape[-2]
+    # grouped-query: query head h reads K/V head h // group (as expand_kv_heads), without copying K/V
+    qg = q.view(b, nq, kv_heads, heads // kv_heads, d)
+    scores = torch.einsum("bqhgd,bkhd->bhgqk", qg, k).reshape(b, heads, nq, -1) / math.sqrt(d)
     probs = attention_probs(scores, mask[:, None, :, :])
-    out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    pg = probs.view(b, kv_heads, heads // kv_heads, nq, -1)
+    out = torch.einsum("bhgqk,bkhd->bqhgd", pg, v).reshape(b, nq, heads, d)
     return (out, probs) if return_probs else out
 
 

@@ -52,6 +52,9 @@ class EngineConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        eos = self.eos_token_id
+        if eos is not None and (not isinstance(eos, int) or isinstance(eos, bool) or eos < 0):
+            raise ConfigError(f"EngineConfig.eos_token_id must be None or a token id >= 0, got {eos!r}")
         for name in ("preemption", "enable_prefix_caching"):
             if getattr(self, name) and self.kv_layout != "paged":
                 raise ConfigError(f"EngineConfig.{name}=True needs kv_layout='paged', got {self.kv_layout!r}")

@@ -14,6 +14,8 @@ Every step returns a :class:`StepRecord`, the raw material of every plot.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -124,8 +126,16 @@ class Engine:
         plugins: Iterable = (),
         draft_model: TinyLM | None = None,
     ) -> None:
+        if not isinstance(model, TinyLM):
+            raise ConfigError(f"Engine needs a TinyLM (TinyLM.from_hf loads a Hugging Face Llama), got {model!r}")
+        if config is not None and not isinstance(config, EngineConfig):
+            raise ConfigError(f"Engine config must be an EngineConfig, got {config!r}")
         self.config = config or EngineConfig()
-        if torch.device(self.config.device).type == "cuda" and not torch.cuda.is_available():
+        try:
+            device = torch.device(self.config.device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"EngineConfig.device={self.config.device!r} is not a torch device (cpu, cuda)") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"EngineConfig.device={self.config.device!r} but no CUDA device is available here")
         self.proposer = make_proposer(self.config, draft_model)
         if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
@@ -144,6 +154,7 @@ class Engine:
         self.running: list[Request] = []
         self.records: list[StepRecord] = []
         self.plugins: list = []
+        self._attention_chain = None  # AttentionPlugins wrapped around the default, set on the model per forward
         self._next_id = 0
         self._arrivals = 0
         for p in plugins:
@@ -161,7 +172,7 @@ class Engine:
     ) -> int:
         """Queue a request; it joins the running batch at the next step with room for it."""
         rid = self._next_id if request_id is None else request_id
-        prompt = self._validate(prompt_ids, max_new_tokens, rid, sampling)
+        prompt = self._validate(prompt_ids, max_new_tokens, rid, sampling, priority)
         req = Request(
             request_id=rid,
             prompt_ids=prompt,
@@ -179,7 +190,7 @@ class Engine:
         self.waiting.append(req)
         return rid
 
-    def _validate(self, prompt_ids, max_new_tokens, rid, sampling) -> list[int]:
+    def _validate(self, prompt_ids, max_new_tokens, rid, sampling, priority=0) -> list[int]:
         if not isinstance(rid, int) or isinstance(rid, bool):
             raise RequestError(f"request_id must be an int, got {rid!r}")
         if rid in self.requests:
@@ -207,9 +218,13 @@ class Engine:
                 f"request {rid} needs {total - 1} KV slots but the whole pool has {self.kv.num_slots}; "
                 "it could never run"
             )
-        if sampling is not None:
-            if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
-                raise RequestError(f"request {rid}: invalid sampling parameters {sampling!r}")
+        if not isinstance(priority, numbers.Integral) or isinstance(priority, bool):
+            raise RequestError(f"request {rid}: priority must be an int (smaller runs first), got {priority!r}")
+        if sampling is not None and not _valid_sampling(sampling):
+            raise RequestError(
+                f"request {rid}: invalid sampling parameters {sampling!r} (need a SamplingParams with a finite "
+                "temperature >= 0, an int top_k >= 0 and 0 < top_p <= 1)"
+            )
         return prompt
 
     def _fits_empty_pool(self, tokens: int) -> bool:
@@ -248,7 +263,7 @@ class Engine:
         chain = self.model.attend_cached
         for plugin in (p for p in self.plugins if isinstance(p, AttentionPlugin)):
             chain = _attention_link(plugin, chain)
-        self.model.attention_hook = chain
+        self._attention_chain = chain
 
     def _fire(self, hook: str, *args) -> None:
         from ..plugins.base import SchedulerPlugin
@@ -262,6 +277,10 @@ class Engine:
         """Run one step: plan, one forward over the mixed batch, sample, commit."""
         start = time.perf_counter()
         self._fire("before_step")
+        if not isinstance(self.budget, numbers.Integral) or isinstance(self.budget, bool) or self.budget < 1:
+            raise ConfigError(f"engine.budget must be an int >= 1, got {self.budget!r} (set by a plugin?)")
+        if not self.has_unfinished():
+            raise CBLabError("nothing to run: every request has finished; add_request() first")
         plan = self.scheduler.plan(
             self.running, self.waiting, self.kv, self.budget, self.config.preemption, self._propose()
         )
@@ -273,7 +292,13 @@ class Engine:
             self.kv.ensure(c.request_id, c.end)
         batch = build_batch(plan, self.requests, self.model.device)
         fwd_start = time.perf_counter()
-        logits = self.model(batch, self.kv, impl=self.config.attention, via_flatten=self.config.kv_read == "flatten")
+        self.model.attention_hook = self._attention_chain  # the model may be shared: hooks are this engine's only
+        try:
+            logits = self.model(
+                batch, self.kv, impl=self.config.attention, via_flatten=self.config.kv_read == "flatten"
+            )
+        finally:
+            self.model.attention_hook = None
         new_tokens = self._sample(plan, logits)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -413,6 +438,16 @@ class Engine:
         ids = [self.add_request(p, m, sampling=s) for p, m, s in zip(prompts, lengths, params)]
         self.run(progress=progress)
         return [self.output(i) for i in ids]
+
+
+def _valid_sampling(s) -> bool:
+    """Checked when a request arrives: a bad value found mid-step would stop every request."""
+    if not isinstance(s, SamplingParams):
+        return False
+    numbers_ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (s.temperature, s.top_p))
+    if not numbers_ok or not isinstance(s.top_k, int) or isinstance(s.top_k, bool):
+        return False
+    return math.isfinite(s.temperature) and s.temperature >= 0 and s.top_k >= 0 and 0 < s.top_p <= 1
 
 
 class _Guarded:

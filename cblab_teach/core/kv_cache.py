@@ -102,8 +102,8 @@ class KVCache(ABC):
     # -- shared by both layouts -------------------------------------------------
     @property
     def bytes_per_slot(self) -> int:
-        _, _, heads, dim = self.k.shape
-        return 2 * self.k.shape[0] * heads * dim * self.k.element_size()
+        """Bytes of K and V one slot holds over all layers (from the storage itself, so a compressed pool counts)."""
+        return (self.k.nbytes + self.v.nbytes) // self.num_slots
 
     def ensure(self, request_id: int, num_tokens: int) -> None:
         if request_id not in self.lengths:
@@ -114,6 +114,12 @@ class KVCache(ABC):
     def truncate(self, request_id: int, num_tokens: int) -> None:
         """Forget the K/V of positions ``num_tokens`` and later (rejected speculative tokens)."""
         self.lengths[request_id] = min(self.lengths[request_id], num_tokens)
+
+    def require(self, request_ids: Sequence[int]) -> None:
+        """A typed error (not a bare KeyError) when asked about requests that hold no KV here."""
+        unknown = [r for r in request_ids if r not in self.lengths]
+        if unknown:
+            raise KVCacheError(f"requests {unknown} have no KV in this cache (never admitted, or already freed)")
 
     def free(self, request_id: int) -> None:
         if request_id not in self.lengths:
@@ -135,6 +141,7 @@ class KVCache(ABC):
 
     def gather(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A request's K/V ``[length, heads, dim]`` as one contiguous tensor."""
+        self.require([request_id])
         n = self.lengths[request_id]
         pos = torch.arange(n, device=self.k.device)
         slots = self.slots([request_id], torch.zeros_like(pos), pos)
@@ -192,6 +199,7 @@ class DenseKVCache(KVCache):
         del self.ranges[request_id]
 
     def slots(self, request_ids: Sequence[int], seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.require(request_ids)
         starts = torch.tensor([self.ranges[r][0] for r in request_ids], dtype=torch.long, device=self.k.device)
         return starts[seq_index] + positions
 
@@ -352,6 +360,7 @@ class PagedAllocator(KVCache):
         del self._digests[request_id]
 
     def slots(self, request_ids: Sequence[int], seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.require(request_ids)
         tables = [self.block_tables[r] for r in request_ids]
         width = max((len(t) for t in tables), default=0) or 1
         padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=self.k.device)
@@ -359,6 +368,7 @@ class PagedAllocator(KVCache):
 
     def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenate a request's blocks in table order and trim the unused tail."""
+        self.require([request_id])
         blocks = torch.tensor(self.block_tables[request_id], dtype=torch.long, device=self.k.device)
         _, _, heads, dim = self.k.shape
         k = self.k[layer].view(self.num_blocks, self.block_size, heads, dim)[blocks]

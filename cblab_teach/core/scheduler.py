@@ -131,6 +131,11 @@ def is_decoding(request: Request) -> bool:
 class Scheduler:
     """Token-budget scheduler: decode first, fair, then chunked prefill."""
 
+    # A slice of every budget kept for urgent requests (priority <= reserved_priority); the others share
+    # the rest. 0 reserves nothing. Set by PriorityPlugin.
+    reserved_tokens: int = 0
+    reserved_priority: int = 0
+
     def __init__(
         self,
         max_tokens_per_step: int,
@@ -179,6 +184,16 @@ class Scheduler:
         drafts = drafts or {}
         ledger = BlockLedger(kv, running, self.order_key) if preemption else None
         left = budget
+        others_left = budget - min(self.reserved_tokens, budget)  # what requests outside the reservation may use
+
+        def room(r: Request) -> int:
+            return left if r.priority <= self.reserved_priority else min(left, others_left)
+
+        def spend(r: Request, n: int) -> None:
+            nonlocal left, others_left
+            left -= n
+            if r.priority > self.reserved_priority:
+                others_left -= n
 
         def reserve(r: Request, end: int) -> bool:
             nonlocal left
@@ -194,21 +209,21 @@ class Scheduler:
         for r in decoders:
             if left == 0:
                 break
-            if r in (ledger.preempted if ledger else ()):
+            if r in (ledger.preempted if ledger else ()) or room(r) == 0:
                 continue
-            guess = tuple(drafts.get(r.request_id, ()))[: left - 1]
+            guess = tuple(drafts.get(r.request_id, ()))[: room(r) - 1]
             if reserve(r, r.num_computed + 1 + len(guess)):
                 plan.chunks.append(ScheduledChunk(r.request_id, r.num_computed, 1 + len(guess), "decode", True, guess))
-                left -= 1 + len(guess)
+                spend(r, 1 + len(guess))
 
         for r in sorted((r for r in running if not is_decoding(r)), key=self.order_key):
             if left == 0:
                 break
-            if r in (ledger.preempted if ledger else ()):
+            if r in (ledger.preempted if ledger else ()) or room(r) == 0:
                 continue
-            length = min(self.prefill_chunk_size, r.num_pending, left)
+            length = min(self.prefill_chunk_size, r.num_pending, room(r))
             if reserve(r, r.num_computed + length):
-                left -= self._add_prefill(plan, r, r.num_computed, length)
+                spend(r, self._add_prefill(plan, r, r.num_computed, length))
 
         reserved: list[int] = []
         n_running = len(running) - (len(ledger.preempted) if ledger else 0)
@@ -216,8 +231,10 @@ class Scheduler:
         for r in sorted(waiting, key=self.order_key):
             if left == 0 or n_running >= limit:
                 break
+            if room(r) == 0:
+                continue  # its share of the budget is spent; an urgent request behind it may still join
             start = kv.cached_prefix(r.all_ids) if hasattr(kv, "cached_prefix") else 0
-            length = min(self.prefill_chunk_size, r.num_tokens - start, left)
+            length = min(self.prefill_chunk_size, r.num_tokens - start, room(r))
             if ledger is not None:
                 if kv.blocks_for(start + length) > ledger.free:
                     break  # admission never preempts: nobody overtakes a request that does not fit yet
@@ -230,7 +247,7 @@ class Scheduler:
             if start:
                 plan.cached_tokens[r.request_id] = start
             n_running += 1
-            left -= self._add_prefill(plan, r, start, length)
+            spend(r, self._add_prefill(plan, r, start, length))
         if ledger is not None:
             plan.preempted = [v.request_id for v in ledger.preempted]
         return plan

@@ -54,6 +54,9 @@ class StaticBatchingEngine:
         for i, (p, m) in enumerate(zip(prompts, lengths)):
             if not p or m < 1:
                 raise RequestError(f"prompt {i} is empty or max_new_tokens={m} < 1")
+            bad = [t for t in p if not 0 <= t < self.model.config.vocab_size]
+            if bad:
+                raise RequestError(f"prompt {i}: token ids {bad[:5]} are outside the vocabulary")
         self.arrival_time = time.perf_counter()
         starts = range(0, n, self.batch_size)
         if progress:

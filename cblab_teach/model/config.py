@@ -33,6 +33,11 @@ class ModelConfig:
             raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if (self.head_dim % 2) != 0:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise ConfigError(f"ModelConfig.dtype must be a floating torch.dtype, got {self.dtype!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                raise ConfigError(f"ModelConfig.{name} must be a number > 0, got {getattr(self, name)!r}")
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv}")

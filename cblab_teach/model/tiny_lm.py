@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..attention.paged import gather_by_flatten, gather_from_block_table
+from ..attention.paged import gather_by_flatten
 from ..attention.ragged import ragged_attention, segment_layout, segmented_attention
 from ..core.batch_builder import RaggedBatch
 from ..core.kv_cache import KVCache
@@ -54,6 +54,15 @@ class StepContext:
         seq, pos = batch.seq_ids, batch.positions
         self.write_slots = cache.slots(batch.request_ids, seq, pos)
         self.layout = segment_layout(batch) if impl == "segmented" else None
+        self._read_slots: torch.Tensor | None = None
+
+    @property
+    def read_slots(self) -> torch.Tensor:
+        """Pool slot of every key the batch reads; the same for every layer, so computed once per step."""
+        if self._read_slots is None:
+            b = self.batch
+            self._read_slots = self.cache.slots(b.request_ids, b.key_seq_ids, b.key_positions)
+        return self._read_slots
 
 
 class TinyLM(nn.Module):
@@ -125,8 +134,10 @@ class TinyLM(nn.Module):
     @staticmethod
     def attend_cached(layer: int, q: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Default attention: this step's queries against every cached + new key of their request."""
-        gather = gather_by_flatten if ctx.via_flatten else gather_from_block_table
-        k, v = gather(ctx.cache, layer, ctx.batch)
+        if ctx.via_flatten:
+            k, v = gather_by_flatten(ctx.cache, layer, ctx.batch)
+        else:  # gather_from_block_table, with the slots shared by all layers
+            k, v = ctx.cache.read(layer, ctx.read_slots)
         if ctx.impl == "ragged":
             return ragged_attention(q, k, v, ctx.batch)
         return segmented_attention(q, k, v, ctx.batch, ctx.layout)

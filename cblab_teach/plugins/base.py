@@ -8,6 +8,10 @@ The engine calls every hook itself, in registration order:
   request)`` once per finished request.
 * :class:`AttentionPlugin` -- ``attend(layer, q, ctx, default)`` replaces the
   attention of every layer; call ``default(layer, q, ctx)`` to augment it.
+  Attention plugins nest: the first registered wraps the engine's attention,
+  the next wraps that, so the last registered is called first. The chain is
+  set on the model only during its engine's forward, so engines sharing a
+  model never see each other's plugins.
 * :class:`CachePlugin` -- ``before_append(layer, k, v, batch)`` may transform
   the K/V about to be stored, ``after_append(layer, k, v, batch)`` sees them.
 """
