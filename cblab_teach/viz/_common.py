@@ -67,10 +67,87 @@ def kv_lengths(records: Sequence[StepRecord]) -> list[dict]:
     out = []
     for r in records:
         for c in r.plan.chunks:
-            lengths[c.request_id] = c.end
+            lengths[c.request_id] = kept_end(r, c)
         holding = set(r.block_tables) if r.block_tables else set(r.running)
         lengths = {rid: n for rid, n in lengths.items() if rid in holding}
         out.append(dict(lengths))
+    return out
+
+
+def kept_end(record: StepRecord, chunk) -> int:
+    """KV length a chunk leaves behind: its end, less the speculative drafts that were rejected.
+
+    A verified decode chunk ``[start, start + 1 + k)`` keeps ``start + len(new_tokens)`` tokens
+    (the accepted drafts plus the target's own token); the engine truncates the rest.
+    """
+    drafts = getattr(chunk, "drafts", ())
+    if drafts and chunk.request_id in record.new_tokens:
+        return chunk.start + len(record.new_tokens[chunk.request_id])
+    return chunk.end
+
+
+def preemption_events(records: Sequence[StepRecord]) -> list[tuple[int, object, int]]:
+    """``[(step index, request id, tokens of KV freed)]`` for every preemption in the run.
+
+    The tokens freed are what the request held after the step before: exactly what it must compute again.
+    """
+    lengths = kv_lengths(records)
+    events = []
+    for s, r in enumerate(records):
+        for rid in getattr(r.plan, "preempted", ()):
+            events.append((s, rid, lengths[s - 1].get(rid, 0) if s else 0))
+    return events
+
+
+def recompute_marks(records: Sequence[StepRecord]) -> list[dict]:
+    """Per step, ``{request id: tokens of its prefill chunk that recompute KV lost to preemption}``.
+
+    After a preemption that freed ``N`` tokens, the positions ``[0, N)`` are recomputed; a later
+    prefill chunk ``[start, end)`` recomputes ``max(0, min(end, N) - start)`` of its tokens.
+    """
+    lost: dict = {}
+    by_step: dict[int, list] = {}
+    for s, rid, n in preemption_events(records):
+        by_step.setdefault(s, []).append((rid, n))
+    out = []
+    for s, r in enumerate(records):
+        for rid, n in by_step.get(s, ()):
+            lost[rid] = max(lost.get(rid, 0), n)
+        marks = {}
+        for c in r.plan.chunks:
+            if c.kind == "prefill" and c.start < lost.get(c.request_id, 0):
+                marks[c.request_id] = min(c.end, lost[c.request_id]) - c.start
+        out.append(marks)
+    return out
+
+
+def block_owners(record: StepRecord) -> dict[int, list]:
+    """``{block id: [request ids whose table holds it]}``, in table order."""
+    owners: dict[int, list] = {}
+    for rid, table in record.block_tables.items():
+        for block in table:
+            owners.setdefault(block, []).append(rid)
+    return owners
+
+
+def shared_blocks(record: StepRecord) -> dict[int, list]:
+    """Blocks owned by two or more requests at this step (prefix caching shares them by reference)."""
+    return {b: rids for b, rids in block_owners(record).items() if len(rids) > 1}
+
+
+def prefix_hits(records: Sequence[StepRecord]) -> list[dict]:
+    """Per step, ``{request id: prompt tokens it reused from the prefix cache at its latest admission}``.
+
+    Only requests holding KV after the step are listed; a request re-admitted after preemption gets its new count.
+    """
+    hits: dict = {}
+    out = []
+    for r in records:
+        cached = getattr(r.plan, "cached_tokens", {})
+        for rid in r.plan.admitted:
+            hits[rid] = cached.get(rid, 0)
+        holding = set(r.block_tables) if r.block_tables else set(r.running)
+        out.append({rid: n for rid, n in hits.items() if rid in holding and n})
     return out
 
 

@@ -6,6 +6,12 @@ only partly filled, is drawn pale: those empty slots are the waste paging
 keeps to at most one block per request. Right: the block tables, one row per
 request, cell ``i`` naming the pool block that holds its tokens
 ``[i * block_size, (i + 1) * block_size)``.
+
+With prefix caching one block can sit in several tables at once (shared by
+reference, never copied). Such a block keeps the colour of its first owner and
+gets a black outline, in the pool and in every table that points at it; its
+hover lists all owners. A table row's hover also tells how many prompt tokens
+the request found in the prefix cache when it was admitted.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._common import Frame, check_records, check_step, kv_lengths, run_request_ids
+from ._common import Frame, block_owners, check_records, check_step, kv_lengths, prefix_hits, run_request_ids
 from .animate import animated_figure
 from .colors import FREE_COLOR, discrete_colorscale, lighten, request_color
 from .errors import NotPagedError, VizError
@@ -75,7 +81,8 @@ class BlockView:
         self.code_of = {rid: k for k, rid in enumerate(self.request_ids)}
         self.lengths = kv_lengths(self.records)
         self.table_width = max((len(t) for r in self.records for t in r.block_tables.values()), default=1) or 1
-        self.trace_indices = [0, 1]
+        self.hits = prefix_hits(self.records)
+        self.trace_indices = [0, 1, 2, 3]
 
     def base(self) -> go.Figure:
         colors = [FREE_COLOR]
@@ -97,10 +104,22 @@ class BlockView:
             cols=2,
             column_widths=[0.55, 0.45],
             horizontal_spacing=0.08,
-            subplot_titles=("block pool (grey: free, pale: part-filled last block)", "block tables"),
+            subplot_titles=("block pool (grey: free, pale: part-filled, outlined: shared)", "block tables"),
         )
         fig.add_trace(go.Heatmap(name="pool", hovertemplate="%{customdata}<extra></extra>", **common), 1, 1)
         fig.add_trace(go.Heatmap(name="tables", hovertemplate="%{customdata}<extra></extra>", **common), 1, 2)
+        for col in (1, 2):
+            fig.add_trace(
+                go.Scatter(
+                    name="shared block" if col == 1 else "shared (table)",
+                    mode="markers",
+                    showlegend=False,
+                    marker={"symbol": "square-open", "size": 15, "color": "black", "line": {"width": 2.5}},
+                    hovertemplate="%{customdata}<extra></extra>",
+                ),
+                1,
+                col,
+            )
         fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
         fig.update_yaxes(autorange="reversed", showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
         fig.update_xaxes(title="table index", showgrid=False, zeroline=False, dtick=1, row=1, col=2)
@@ -115,20 +134,50 @@ class BlockView:
         codes[: self.shown] = FREE
         hover = [f"block {b}: free" if b < self.shown else "" for b in range(self.rows * self.width)]
         lengths = self.lengths[step]
+        owners = block_owners(record)
         for rid, table in record.block_tables.items():
             fills = block_fill(table, lengths.get(rid, len(table) * self.block_size), self.block_size)
             for block, fill in zip(table, fills):
-                if block >= self.shown:
+                if block >= self.shown or codes[block] != FREE:
                     continue
-                if np.isnan(codes[block]) or codes[block] == FREE:
-                    codes[block] = 1 + 2 * self.code_of[rid] + (fill < self.block_size)
-                    hover[block] = f"block {block}: r{rid}, {fill}/{self.block_size} slots"
-                else:
-                    hover[block] += f", shared with r{rid}"
+                codes[block] = 1 + 2 * self.code_of[rid] + (fill < self.block_size)
+                hover[block] = self.owner_text(block, owners[block], step) + f", {fill}/{self.block_size} slots"
         w = self.width
         text = [[str(b) if b < self.shown else "" for b in range(r * w, (r + 1) * w)] for r in range(self.rows)]
         hover_rows = [hover[r * w : (r + 1) * w] for r in range(self.rows)]
         return codes.reshape(self.rows, w), hover_rows, text
+
+    def owner_text(self, block: int, rids: list, step: int) -> str:
+        """``block 5: r0`` or ``block 5: shared by r0, r3 (prefix-cache hit for r3)``."""
+        if len(rids) == 1:
+            return f"block {block}: r{rids[0]}"
+        reused = [f"r{rid}" for rid in rids if block in self.cached_blocks(step, rid)]
+        note = f" (prefix-cache hit for {', '.join(reused)})" if reused else ""
+        return f"block {block}: shared by {', '.join(f'r{rid}' for rid in rids)}{note}"
+
+    def cached_blocks(self, step: int, rid) -> set[int]:
+        """Blocks of ``rid``'s table that it found in the prefix cache at admission (its leading full blocks)."""
+        n = self.hits[step].get(rid, 0) // self.block_size
+        return set(self.records[step].block_tables.get(rid, [])[:n])
+
+    def shared_markers(self, step: int) -> tuple[dict, dict]:
+        """Outlines over shared blocks: pool cells ``(x=column, y=row)`` and table cells ``(x=index, y=label)``."""
+        record = self.records[step]
+        owners = block_owners(record)
+        shared = sorted(b for b, rids in owners.items() if len(rids) > 1 and b < self.shown)
+        pool = {
+            "x": [b % self.width for b in shared],
+            "y": [b // self.width for b in shared],
+            "customdata": [self.owner_text(b, owners[b], step) for b in shared],
+        }
+        table = {"x": [], "y": [], "customdata": []}
+        for rid, blocks in record.block_tables.items():
+            for i, b in enumerate(blocks):
+                if len(owners[b]) > 1:
+                    table["x"].append(i)
+                    table["y"].append(f"r{rid}")
+                    table["customdata"].append(f"r{rid}[{i}] -> " + self.owner_text(b, owners[b], step))
+        return pool, table
 
     def table_codes(self, step: int) -> tuple[np.ndarray, list[str], list[list[str]], list[list[str]]]:
         record = self.records[step]
@@ -144,6 +193,10 @@ class BlockView:
                 text[row][i] = str(block)
                 lo = i * self.block_size
                 hover[row][i] = f"r{rid} tokens {lo}..{lo + self.block_size - 1} -> block {block} ({fill} filled)"
+        for row, rid in enumerate(rids):
+            hit = self.hits[step].get(rid, 0)
+            for i in range(min(len(record.block_tables[rid]), hit // self.block_size)):
+                hover[row][i] += f"; prefix-cache hit: {hit} prompt tokens reused at admission"
         labels = [f"r{rid}" for rid in rids] or ["(none)"]
         return codes, labels, text, hover
 
@@ -156,9 +209,15 @@ class BlockView:
         title = (
             f"step {record.step}: {used} of {self.num_blocks} blocks in use, {waste} slots wasted in part-filled blocks"
         )
+        pool_shared, table_shared = self.shared_markers(step)
+        shared = sum(len(rids) > 1 for rids in block_owners(record).values())
+        if shared:
+            title += f"; {shared} shared (outlined)"
         return [
             {"z": pool, "text": pool_text, "customdata": pool_hover},
             {"z": tables, "y": labels, "text": text, "customdata": hover},
+            pool_shared,
+            table_shared,
         ], {"title": {"text": title}}
 
 

@@ -3,6 +3,11 @@
 One bar per step, cut into segments placed with an explicit ``base`` so the
 three kinds (decode, prefill, unused) are three traces whatever the number of
 requests: cheap to animate and to update in a widget.
+
+With speculative decoding a decode chunk is ``1 + k`` tokens: the request's own
+next token (solid) and ``k`` draft tokens being verified (a fourth trace, in a
+lighter shade of the request's colour). Every draft costs budget whether or not
+it is accepted; the hover says how many were (``len(record.new_tokens[id]) - 1``).
 """
 
 from __future__ import annotations
@@ -14,37 +19,65 @@ import plotly.graph_objects as go
 
 from ._common import Frame, check_records, label
 from .animate import animated_figure
-from .colors import UNUSED_COLOR, request_color
+from .colors import UNUSED_COLOR, lighten, request_color
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
 
 KINDS = ("decode", "prefill", "unused")
-_PATTERN = {"decode": "", "prefill": "/", "unused": "."}
+DRAFT = "draft"  # speculative tokens of a decode chunk: a trace of their own, after the three KINDS
+_PATTERN = {"decode": "", "prefill": "/", "unused": ".", DRAFT: ""}
 _HOVER = "%{customdata[0]}<br>%{customdata[1]}: %{customdata[2]} tokens<extra>step %{customdata[3]}</extra>"
+_DRAFT_HOVER = (
+    "%{customdata[0]}<br>%{customdata[2]} drafts, %{customdata[4]} accepted"
+    "<br>(speculative tokens verified in this decode chunk)<extra>step %{customdata[3]}</extra>"
+)
+
+
+def accepted_drafts(record: StepRecord, request_id) -> int:
+    """Drafts kept: the tokens the request gained this step, less the target model's own one."""
+    return max(len(record.new_tokens.get(request_id, ())) - 1, 0)
 
 
 def budget_segments(record: StepRecord) -> dict[str, list[tuple]]:
-    """``kind -> [(request id or None, base, length)]``: the step's bar, in plan order."""
-    segments: dict[str, list[tuple]] = {k: [] for k in KINDS}
+    """``kind -> [(request id or None, base, length)]``: the step's bar, in plan order.
+
+    A decode chunk with drafts is cut in two: ``decode`` (its one plain token) and ``draft`` (the guesses).
+    """
+    segments: dict[str, list[tuple]] = {k: [] for k in (*KINDS, DRAFT)}
     offset = 0
     for c in record.plan.chunks:
-        segments[c.kind].append((c.request_id, offset, c.length))
+        drafts = len(getattr(c, "drafts", ()))
+        segments[c.kind].append((c.request_id, offset, c.length - drafts))
+        if drafts:
+            segments[DRAFT].append((c.request_id, offset + c.length - drafts, drafts))
         offset += c.length
     if record.plan.budget > offset:
         segments["unused"].append((None, offset, record.plan.budget - offset))
     return segments
 
 
-def _trace_update(kind: str, segs: list[tuple], step: int, position, horizontal: bool) -> dict:
+def _color(kind: str, rid) -> str:
+    if rid is None:
+        return UNUSED_COLOR
+    return lighten(request_color(rid), 0.5) if kind == DRAFT else request_color(rid)
+
+
+def _trace_update(
+    kind: str, segs: list[tuple], step: int, position, horizontal: bool, record: StepRecord | None = None
+) -> dict:
     names = [label(rid) if rid is not None else "unused" for rid, _, _ in segs]
     lengths = [n for _, _, n in segs]
+    customdata = [[name, kind, n, step] for name, n in zip(names, lengths)]
+    if kind == DRAFT:  # the accepted count rides along in a fifth column
+        records = record if isinstance(record, list) else [record] * len(segs)
+        customdata = [cd + [accepted_drafts(r, rid)] for cd, r, (rid, _, _) in zip(customdata, records, segs)]
     update = {
         "base": [b for _, b, _ in segs],
         "text": names,
-        "customdata": [[name, kind, n, step] for name, n in zip(names, lengths)],
+        "customdata": customdata,
         "marker": {
-            "color": [request_color(rid) if rid is not None else UNUSED_COLOR for rid, _, _ in segs],
+            "color": [_color(kind, rid) for rid, _, _ in segs],
             "pattern": {"shape": _PATTERN[kind]},
             "line": {"color": "white", "width": 1},
         },
@@ -54,18 +87,22 @@ def _trace_update(kind: str, segs: list[tuple], step: int, position, horizontal:
     return update
 
 
+def _empty_trace(kind: str, horizontal: bool) -> go.Bar:
+    return go.Bar(
+        name="speculative drafts" if kind == DRAFT else kind,
+        orientation="h" if horizontal else "v",
+        textposition="inside",
+        insidetextanchor="middle",
+        hovertemplate=_DRAFT_HOVER if kind == DRAFT else _HOVER,
+        marker={
+            "pattern": {"shape": _PATTERN[kind]},
+            "color": {"unused": UNUSED_COLOR, DRAFT: "#bbb"}.get(kind, "#555"),
+        },
+    )
+
+
 def _empty_traces(horizontal: bool) -> list[go.Bar]:
-    return [
-        go.Bar(
-            name=kind,
-            orientation="h" if horizontal else "v",
-            textposition="inside",
-            insidetextanchor="middle",
-            hovertemplate=_HOVER,
-            marker={"pattern": {"shape": _PATTERN[kind]}, "color": UNUSED_COLOR if kind == "unused" else "#555"},
-        )
-        for kind in KINDS
-    ]
+    return [_empty_trace(kind, horizontal) for kind in KINDS]
 
 
 class BudgetView:
@@ -73,11 +110,12 @@ class BudgetView:
 
     def __init__(self, records: Sequence[StepRecord]) -> None:
         self.records = check_records(records)
-        self.trace_indices = [0, 1, 2]
+        self.trace_indices = [0, 1, 2, 3]  # decode, prefill, unused, draft
         self.max_budget = max(max(r.plan.budget, r.plan.used) for r in self.records)
 
     def base(self) -> go.Figure:
-        fig = go.Figure(_empty_traces(horizontal=True))
+        fig = go.Figure([*_empty_traces(horizontal=True), _empty_trace(DRAFT, horizontal=True)])
+        fig.data[3].showlegend = any(getattr(c, "drafts", ()) for r in self.records for c in r.plan.chunks)
         fig.update_layout(
             barmode="overlay",
             height=260,
@@ -92,12 +130,16 @@ class BudgetView:
     def frame(self, step: int) -> Frame:
         record = self.records[step]
         segs = budget_segments(record)
-        data = [_trace_update(k, segs[k], record.step, "budget", horizontal=True) for k in KINDS]
+        data = [_trace_update(k, segs[k], record.step, "budget", True, record) for k in (*KINDS, DRAFT)]
         plan = record.plan
         title = (
             f"step {record.step}: {plan.decode_tokens} decode + {plan.prefill_tokens} prefill tokens, "
             f"{max(plan.unused, 0)} of {plan.budget} unused"
         )
+        drafts = sum(n for _, _, n in segs[DRAFT])
+        if drafts:
+            accepted = sum(accepted_drafts(record, rid) for rid, _, _ in segs[DRAFT])
+            title += f" ({drafts} of the decode tokens are drafts, {accepted} accepted)"
         return data, {"title": {"text": title}}
 
 
@@ -107,17 +149,20 @@ def budget_figure(records: Sequence[StepRecord], frame_ms: int = 400) -> go.Figu
 
 
 def budget_overview(records: Sequence[StepRecord]) -> go.Figure:
-    """The whole run: steps on the x-axis, each bar split by request and kind, the budget line on top."""
+    """The whole run: steps on the x-axis, each bar split by request and kind, the budget line on top.
+
+    Traces: decode, prefill, unused, the budget line, then speculative drafts (empty without speculation).
+    """
     records = check_records(records)
     fig = go.Figure(_empty_traces(horizontal=False))
-    per_kind: dict[str, list] = {k: [] for k in KINDS}
+    per_kind: dict[str, list] = {k: [] for k in (*KINDS, DRAFT)}
     for r in records:
         for kind, segs in budget_segments(r).items():
-            per_kind[kind] += [(r.step, seg) for seg in segs]
+            per_kind[kind] += [(r, seg) for seg in segs]
     with fig.batch_update():
         for i, kind in enumerate(KINDS):
             rows = per_kind[kind]
-            steps = [s for s, _ in rows]
+            steps = [r.step for r, _ in rows]
             update = _trace_update(kind, [seg for _, seg in rows], 0, steps, horizontal=False)
             update["customdata"] = [cd[:3] + [s] for cd, s in zip(update["customdata"], steps)]
             fig.data[i].update(update, overwrite=True)
@@ -128,11 +173,19 @@ def budget_overview(records: Sequence[StepRecord]) -> go.Figure:
         line={"shape": "hvh", "color": "black", "dash": "dot"},
         name="budget",
     )
+    rows = per_kind[DRAFT]
+    steps = [r.step for r, _ in rows]
+    draft = _trace_update(DRAFT, [seg for _, seg in rows], 0, steps, False, [r for r, _ in rows])
+    draft["customdata"] = [[*cd[:3], s, cd[4]] for cd, s in zip(draft["customdata"], steps)]
+    fig.add_trace(_empty_trace(DRAFT, horizontal=False))
+    fig.data[-1].update(draft, overwrite=True)
+    fig.data[-1].update(showlegend=bool(rows))
     fig.update_layout(
         barmode="overlay",
         bargap=0.05,
         uniformtext={"minsize": 8, "mode": "hide"},
-        title="token budget per step: decode (solid), prefill chunks (hatched), unused (dotted grey)",
+        title="token budget per step: decode (solid), prefill chunks (hatched), unused (dotted grey)"
+        + (", speculative drafts (pale)" if rows else ""),
         xaxis_title="step",
         yaxis_title="tokens",
         height=380,

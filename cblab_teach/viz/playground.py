@@ -3,6 +3,14 @@
 The engine is the real one (a very small TinyLM), so what you see is what the
 scheduler actually did with those settings. Re-running is synchronous: setting
 ``playground.controls[name].value`` from Python re-runs and redraws before it returns.
+
+The checkboxes switch on the advanced serving features. Shrink ``num_blocks``
+with ``preemption`` on to watch requests lose their KV (red crosses in the
+timeline) and recompute it; give the prompts a ``shared prefix`` with
+``prefix caching`` on to see blocks shared by several tables; turn on
+``speculative (n-gram)`` to see draft tokens in the budget bars.
+``kv_slots`` and ``num_blocks`` are two views of one pool size
+(``kv_slots = num_blocks * block_size``): moving one moves the other.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ def _int(description: str, value: int, lo: int, hi: int) -> widgets.IntSlider:
                              style={"description_width": "150px"}, layout={"width": "420px"})  # fmt: skip
 
 
+def _check(description: str, value: bool) -> widgets.Checkbox:
+    return widgets.Checkbox(value=value, description=description, indent=False, layout={"width": "240px"})
+
+
 def _range(description: str, value: tuple[int, int], lo: int, hi: int) -> widgets.IntRangeSlider:
     return widgets.IntRangeSlider(value=value, min=lo, max=hi, description=description, continuous_update=False,
                                   style={"description_width": "150px"}, layout={"width": "420px"})  # fmt: skip
@@ -45,18 +57,31 @@ class Playground:
         prompt_len: tuple[int, int] = (4, 32),
         new_tokens: tuple[int, int] = (2, 16),
         seed: int = 0,
+        num_blocks: int | None = None,
+        shared_prefix: int = 0,
+        preemption: bool = False,
+        prefix_caching: bool = False,
+        speculative: bool = False,
     ) -> None:
+        if num_blocks is not None:
+            kv_slots = num_blocks * block_size
         self.model = TinyLM(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=seed)
         self.controls: dict[str, widgets.ValueWidget] = {
             "max_tokens_per_step": _int("max_tokens_per_step", max_tokens_per_step, 1, 256),
             "prefill_chunk_size": _int("prefill_chunk_size", prefill_chunk_size, 1, 128),
             "block_size": _int("block_size", block_size, 1, 64),
-            "kv_slots": _int("KV pool (slots)", kv_slots, 16, 4096),
+            "kv_slots": _int("KV pool (slots)", kv_slots, 1, 64 * 512),
+            "num_blocks": _int("num_blocks", max(1, kv_slots // block_size), 1, 1024),
             "num_requests": _int("requests", num_requests, 1, 64),
             "prompt_len": _range("prompt length", prompt_len, 1, 128),
             "new_tokens": _range("new tokens", new_tokens, 1, 128),
             "seed": _int("workload seed", seed, 0, 99),
+            "shared_prefix": _int("shared prefix (tokens)", shared_prefix, 0, 64),
+            "preemption": _check("preemption", preemption),
+            "prefix_caching": _check("prefix caching", prefix_caching),
+            "speculative": _check("speculative (n-gram)", speculative),
         }
+        self._syncing = False
         self.status = widgets.HTML()
         self.records: list[StepRecord] = []
         self.error: CBLabError | None = None
@@ -67,11 +92,10 @@ class Playground:
                                  block_size=self.controls["block_size"].value)  # fmt: skip
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
+        c = list(self.controls.values())
         self.widget = widgets.VBox(
             [
-                widgets.HBox(
-                    [widgets.VBox(list(self.controls.values())[:4]), widgets.VBox(list(self.controls.values())[4:])]
-                ),  # fmt: skip
+                widgets.HBox([widgets.VBox(c[:5]), widgets.VBox(c[5:10]), widgets.VBox(c[10:])]),
                 self.status,
                 self.overview,
                 self.timeline,
@@ -83,7 +107,7 @@ class Playground:
         raise CBLabError(f"the first run failed: {self.error}")
 
     def _num_blocks(self) -> int:
-        return max(1, self.controls["kv_slots"].value // self.controls["block_size"].value)
+        return self.controls["num_blocks"].value
 
     def settings(self) -> dict:
         return {name: c.value for name, c in self.controls.items()}
@@ -96,12 +120,18 @@ class Playground:
             prefill_chunk_size=s["prefill_chunk_size"],
             block_size=s["block_size"],
             num_blocks=self._num_blocks(),
+            preemption=s["preemption"],
+            enable_prefix_caching=s["prefix_caching"],
+            speculative="ngram" if s["speculative"] else None,
         )
+        vocab = self.model.config.vocab_size
         work = make_workload(s["num_requests"], tuple(s["prompt_len"]), tuple(s["new_tokens"]),
-                             vocab_size=self.model.config.vocab_size, seed=s["seed"])  # fmt: skip
+                             vocab_size=vocab, seed=s["seed"])  # fmt: skip
+        prefix = [(7 * i + 3) % vocab for i in range(s["shared_prefix"])]  # a "system prompt" every request starts with
         engine = Engine(self.model, config)
         for prompt, n in zip(work.prompts, work.max_new_tokens):
-            engine.add_request(prompt, n)
+            engine.add_request(prefix + prompt, n)
+        self.engine = engine
         return engine.run()
 
     def rerun(self) -> None:
@@ -116,9 +146,13 @@ class Playground:
         self.records = records
         tokens = sum(r.plan.used for r in records)
         budget = sum(r.plan.budget for r in records)
+        stats = self.engine.stats
         self.status.value = (
             f"{len(records)} steps, {tokens} tokens computed, "
             f"budget use {100 * tokens / max(budget, 1):.0f}%, peak KV {max(r.kv.reserved_slots for r in records)} slots"
+            f"; {stats.preemptions} preemptions ({stats.recomputed_tokens} tokens recomputed), "
+            f"{stats.prefix_hit_tokens} prompt tokens from the prefix cache, "
+            f"{stats.accepted_tokens} of {stats.draft_tokens} drafts accepted"
         )
         replace_figure(self.overview, budget_overview(records))
         replace_figure(self.timeline, timeline_figure(records))
@@ -128,7 +162,23 @@ class Playground:
             self.blocks.set_records(records)
 
     def _on_change(self, change: dict) -> None:
+        if self._syncing:
+            return
+        self._sync_pool_size(change["owner"])
         self.rerun()
+
+    def _sync_pool_size(self, changed: widgets.ValueWidget) -> None:
+        """Keep ``kv_slots == num_blocks * block_size``: num_blocks follows kv_slots and block_size, and back."""
+        c = self.controls
+        self._syncing = True
+        try:
+            if changed is c["num_blocks"]:
+                c["kv_slots"].value = c["num_blocks"].value * c["block_size"].value
+            elif changed is c["kv_slots"] or changed is c["block_size"]:
+                c["num_blocks"].value = max(1, c["kv_slots"].value // c["block_size"].value)
+                c["kv_slots"].value = c["num_blocks"].value * c["block_size"].value  # what the pool really holds
+        finally:
+            self._syncing = False
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -5,6 +5,11 @@ recomputed: ``prefill`` / ``decode`` if the plan gave it a chunk of that kind,
 ``waiting`` if it sits in ``record.waiting``, ``idle`` if it holds KV but got
 no tokens, and ``padding`` if it had already finished yet was still computed
 (static batching keeps finished rows in the batch until the longest is done).
+
+With ``EngineConfig(preemption=True)`` a request can lose its KV: a red cross
+marks the step whose ``record.preempted`` names it, and the prefill that later
+computes those tokens again is drawn as ``recompute`` (cross-hatched), apart
+from first-time ``prefill``: that is the price of preemption, in steps.
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._common import check_records, label, run_request_ids
+from ._common import check_records, label, preemption_events, recompute_marks, run_request_ids
 from .colors import PADDING_COLOR, WAITING_COLOR, request_color
 from .errors import VizError
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
 
-STATES = ("waiting", "prefill", "decode", "idle", "padding")
-_PATTERN = {"waiting": "", "prefill": "/", "decode": "", "idle": ".", "padding": "x"}
+STATES = ("waiting", "prefill", "recompute", "decode", "idle", "padding")
+_PATTERN = {"waiting": "", "prefill": "/", "recompute": "x", "decode": "", "idle": ".", "padding": "x"}
+PREEMPTED_COLOR = "#d00000"
+_PATTERN_INK = {"recompute": {"fgcolor": PREEMPTED_COLOR, "fgopacity": 0.9}}
+_HOVER_STATE = {"recompute": "recompute (prefill again: KV lost to preemption)"}
 
 
 def is_static(records: Sequence[StepRecord]) -> bool:
@@ -33,6 +41,8 @@ def is_static(records: Sequence[StepRecord]) -> bool:
 
 def request_states(records: Sequence[StepRecord], all_arrive_at_start: bool | None = None) -> dict:
     """``{request id: [state or None per step]}`` (None: not arrived yet, or finished).
+
+    ``recompute`` is a prefill chunk that computes again KV a preemption freed.
 
     Static records do not list waiting requests; with ``all_arrive_at_start`` (default for
     them) a request not yet computed counts as waiting from step 0, as it would in a server.
@@ -44,8 +54,10 @@ def request_states(records: Sequence[StepRecord], all_arrive_at_start: bool | No
     states: dict = {rid: [None] * len(records) for rid in ids}
     finished: set = set()
     started: set = set()
+    recompute = recompute_marks(records)
     for s, r in enumerate(records):
         kinds = {c.request_id: c.kind for c in r.plan.chunks}
+        kinds.update({rid: "recompute" for rid in recompute[s]})
         waiting, running = set(r.waiting), set(r.running)
         for rid in ids:
             if rid in kinds:
@@ -84,6 +96,24 @@ def _color(state: str, rid) -> str:
     return {"waiting": WAITING_COLOR, "padding": PADDING_COLOR}.get(state, request_color(rid))
 
 
+def preemption_trace(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> go.Scatter:
+    """A red cross at each (request, step) where the request lost its KV and went back to waiting."""
+    edges = step_edges(records, x)
+    events = preemption_events(records)
+    return go.Scatter(
+        name="preempted",
+        legendgroup="preempted",
+        showlegend=showlegend and bool(events),
+        mode="markers",
+        x=[(edges[s][0] + edges[s][1]) / 2 for s, _, _ in events],
+        y=[label(rid) for _, rid, _ in events],
+        customdata=[[records[s].step, n] for s, _, n in events],
+        marker={"symbol": "x", "size": 13, "color": PREEMPTED_COLOR, "line": {"width": 1.5, "color": "white"}},
+        hovertemplate="%{y} preempted at step %{customdata[0]}: KV freed, will recompute %{customdata[1]} tokens"
+        "<extra></extra>",
+    )
+
+
 AXES = {"step": "step", "time": "milliseconds since the first step"}
 
 
@@ -113,21 +143,22 @@ def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: s
             go.Bar(
                 name=state,
                 legendgroup=state,
-                showlegend=showlegend,
+                showlegend=showlegend and (bool(rows) or state != "recompute"),
                 orientation="h",
                 y=[label(rid) for rid, _, _ in rows],
                 x=[edges[b + n - 1][1] - edges[b][0] for _, b, n in rows],
                 base=[edges[b][0] for _, b, _ in rows],
-                customdata=[[label(rid), state, b, b + n - 1] for rid, b, n in rows],
+                customdata=[[label(rid), _HOVER_STATE.get(state, state), b, b + n - 1] for rid, b, n in rows],
                 hovertemplate="%{customdata[0]} %{customdata[1]}: steps %{customdata[2]}..%{customdata[3]}<extra></extra>",
                 marker={
                     "color": [_color(state, rid) for rid, _, _ in rows] or WAITING_COLOR,
-                    "pattern": {"shape": _PATTERN[state]},
+                    "pattern": {"shape": _PATTERN[state], **_PATTERN_INK.get(state, {})},
                     "opacity": 0.45 if state == "idle" else 1.0,
                     "line": {"width": 0},
                 },
             )
         )
+    traces.append(preemption_trace(records, showlegend, x))
     done = finish_steps(records)
     traces.append(
         go.Scatter(
