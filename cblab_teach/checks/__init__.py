@@ -1,0 +1,75 @@
+"""Checks for the exercises: run the learner's code against the library's reference.
+
+::
+
+    from cblab_teach.checks import check
+    result = check("ex01_ragged_mask", ragged_mask)   # prints what passed, the first failure and a hint
+    assert result                                     # truthy only if every case passed
+
+From a terminal: ``python -m cblab_teach.checks`` lists the exercises and
+``python -m cblab_teach.checks ex01_ragged_mask`` (or ``make check EX=...``)
+checks the solution written in ``solutions/ex01_ragged_mask.ipynb``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import (
+    ex01_ragged_mask,
+    ex02_decode_first_scheduler,
+    ex03_chunked_prefill,
+    ex04_paged_allocator,
+    ex05_masked_attention,
+    ex06_static_vs_continuous,
+    ex07_priority_plugin,
+    ex08_ttft_tpot,
+    ex09_lse_merge,
+)
+from ._base import Case, CheckResult, Exercise, Failure, Mismatch, UnknownExerciseError, run_exercise
+
+EXERCISES: dict[str, Exercise] = {
+    m.EXERCISE.name: m.EXERCISE
+    for m in (
+        ex01_ragged_mask,
+        ex02_decode_first_scheduler,
+        ex03_chunked_prefill,
+        ex04_paged_allocator,
+        ex05_masked_attention,
+        ex06_static_vs_continuous,
+        ex07_priority_plugin,
+        ex08_ttft_tpot,
+        ex09_lse_merge,
+    )
+}
+
+
+def get_exercise(name: str) -> Exercise:
+    """The exercise called ``name``; an unknown name lists the valid ones."""
+    try:
+        return EXERCISES[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(EXERCISES)
+        raise UnknownExerciseError(f"unknown exercise {name!r}; valid names: {valid}") from None
+
+
+def check(name: str, learner: Any, seed: int = 0, verbose: bool = True) -> CheckResult:
+    """Judge ``learner`` (a function, or a class for ex04/ex07) on exercise ``name``'s fixed and randomised cases.
+
+    ``seed`` picks the randomised cases (same seed, same cases). Never raises on the
+    learner's bugs: they become failed cases in the returned :class:`CheckResult`.
+    """
+    return run_exercise(get_exercise(name), learner, seed=seed, verbose=verbose)
+
+
+__all__ = [
+    "EXERCISES",
+    "Case",
+    "CheckResult",
+    "Exercise",
+    "Failure",
+    "Mismatch",
+    "UnknownExerciseError",
+    "check",
+    "get_exercise",
+]

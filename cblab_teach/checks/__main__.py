@@ -1,0 +1,67 @@
+"""``python -m cblab_teach.checks [NAME]``: list the exercises, or check one exercise's solution notebook.
+
+The code is taken from ``solutions/NAME.ipynb`` (or ``--notebook``, e.g. your
+own ``exercises/NAME.ipynb``): its code cells run in order until the one that
+defines the exercise's entry point; checks run against that definition. ``--reference`` checks the library's
+own reference instead (useful when the notebooks are not at hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import EXERCISES, check, get_exercise
+from ._base import Exercise, UnknownExerciseError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_solution(exercise: Exercise, notebook: Path) -> Any:
+    """Run the notebook's code cells up to the one defining ``exercise.entry``; return that definition."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    namespace: dict[str, Any] = {"__name__": "__solution__"}
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        exec(compile(code, f"{notebook.name}", "exec"), namespace)
+        if re.search(rf"^(def|class) {re.escape(exercise.entry)}\b", source, flags=re.M):
+            return namespace[exercise.entry]
+    raise SystemExit(f"{notebook} never defines {exercise.entry!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cblab_teach.checks", description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", help="exercise name; leave out to list them")
+    parser.add_argument("--notebook", type=Path, help="notebook holding the solution (default: solutions/NAME.ipynb)")
+    parser.add_argument("--reference", action="store_true", help="check the library's reference instead")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the randomised cases")
+    args = parser.parse_args(argv)
+    if not args.name:
+        for name, ex in EXERCISES.items():
+            print(f"{name:32s} {ex.title}  (course: notebooks/{ex.course}.ipynb)")
+        return 0
+    try:
+        exercise = get_exercise(args.name)
+    except UnknownExerciseError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.reference:
+        learner = exercise.reference
+    else:
+        notebook = args.notebook or REPO / "solutions" / f"{exercise.name}.ipynb"
+        if not notebook.exists():
+            print(f"{notebook} not found; use --notebook PATH or --reference", file=sys.stderr)
+            return 2
+        learner = load_solution(exercise, notebook)
+    return 0 if check(exercise.name, learner, seed=args.seed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
