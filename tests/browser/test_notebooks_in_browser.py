@@ -1,0 +1,76 @@
+"""The course in a real browser: JupyterLab + Chromium, Run All, then play the step players.
+
+For each notebook: every cell runs without an exception, every widget renders (no
+"Loading widget..." left), pressing play and dragging the step slider redraw the plotly
+figure (its trace data in the DOM changes), and the browser console stays free of errors.
+Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import ARTIFACTS, NOTEBOOKS, is_benign
+from .jupyterlab import (
+    error_outputs,
+    open_notebook,
+    plot_state,
+    run_all_cells,
+    settled_plot,
+    slider_value,
+    step_players,
+    wait_for_new_plot,
+)
+from .lab_server import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_runs_and_its_player_redraws(notebook: str, lab_page, lab_server) -> None:
+    if not (REPO / "notebooks" / notebook).exists():
+        pytest.skip(f"notebooks/{notebook} does not exist yet")
+    page = lab_page
+    stem = notebook.removesuffix(".ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    open_notebook(page, lab_server, f"notebooks/{notebook}")
+    run_all_cells(page)
+    page.screenshot(path=str(ARTIFACTS / f"{stem}-after-run-all.png"))
+
+    assert error_outputs(page) == [], f"cells of {notebook} raised"
+    assert page.locator(".jp-OutputArea .jupyter-widgets").count() > 0, "no widget rendered"
+    assert page.locator(".js-plotly-plot").count() > 0, "no plotly figure rendered"
+    assert page.get_by_text("Loading widget", exact=False).count() == 0
+
+    players = step_players(page)
+    assert players.count() > 0, f"{notebook} shows no step player (play button + slider + figure)"
+    player = players.first
+    player.scroll_into_view_if_needed()
+    start, start_step = plot_state(player), slider_value(player)
+
+    # Play: the kernel redraws the figure step after step; the same button pauses.
+    play_pause = player.locator(".widget-play button").first
+    play_pause.click()
+    wait_for_new_plot(player, start)
+    play_pause.click()
+    paused = settled_plot(player)
+    assert paused["data"] != start["data"] and slider_value(player) != start_step
+    page.screenshot(path=str(ARTIFACTS / f"{stem}-after-play.png"))
+
+    # Slider: the keyboard moves the handle to the first step, then to the last; the figure follows.
+    handle = player.locator(".widget-slider .noUi-handle").first
+    handle.focus()
+    handle.press("Home")
+    first = wait_for_new_plot(player, paused)
+    if start_step == 0:
+        assert first["data"] == start["data"], "step 0 should draw as it did before playing"
+    first = settled_plot(player)
+    handle.press("End")
+    assert slider_value(player) == float(handle.get_attribute("aria-valuemax"))
+    at_end = wait_for_new_plot(player, first)
+    assert at_end["data"] != start["data"], "moving the slider did not redraw the figure"
+    page.screenshot(path=str(ARTIFACTS / f"{stem}-after-slider.png"))
+
+    errors = [e for e in page.console_errors if not is_benign(e)]
+    assert errors == [], f"browser console errors: {errors}"

@@ -1,0 +1,412 @@
+"""A table of bad inputs: each gets its own typed error and a message naming the bad value.
+
+One row per mistake a learner (or a plugin author) can make, from configuration to
+requests, KV caches, plugins and the visual layer. Each row runs against an engine
+that is already serving a request; after the error, that request (and any other the
+row added) still finishes with exactly the output it gets when run alone.
+
+The visual-layer rows need ``cblab_teach.viz``; they skip if it cannot be imported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from cblab_teach import (
+    CapacityError,
+    CBLabError,
+    ConfigError,
+    DenseKVCache,
+    DuplicateRequestError,
+    Engine,
+    EngineConfig,
+    KVCacheError,
+    ModelConfig,
+    PagedAllocator,
+    PluginError,
+    RequestError,
+    SamplingParams,
+    Scheduler,
+    StaticBatchingEngine,
+    TinyLM,
+    UnknownRequestError,
+)
+from cblab_teach.plugins.base import AttentionPlugin, CachePlugin, SchedulerPlugin
+
+from .helpers import run_alone
+
+VOCAB = 97
+MAX_POSITION = 64
+SERVING = EngineConfig(max_tokens_per_step=8, prefill_chunk_size=4, kv_layout="paged", block_size=8, num_blocks=6)
+GOOD_PROMPT, GOOD_NEW = [3, 1, 4, 1, 5, 9], 8  # the request already running when the bad input arrives
+
+
+@pytest.fixture(scope="module")
+def model() -> TinyLM:
+    """float64, so 'same output as alone' is exact; max_position above the 48-slot pool, so both limits are reachable."""
+    cfg = ModelConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position=MAX_POSITION,
+        dtype=torch.float64,
+    )
+    return TinyLM(cfg, seed=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: torch's thread pool only adds waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def alone(model) -> Callable[[list[int], int], list[int]]:
+    """The reference output of a request served by itself, computed once per (prompt, length)."""
+    cache: dict[tuple, list[int]] = {}
+
+    def reference(prompt: list[int], max_new_tokens: int) -> list[int]:
+        key = (tuple(prompt), max_new_tokens)
+        if key not in cache:
+            cache[key] = run_alone(model, prompt, max_new_tokens)
+        return cache[key]
+
+    return reference
+
+
+@dataclass
+class Ctx:
+    """What a row may touch: the serving engine, its model, and (viz rows) records of a finished run."""
+
+    engine: Engine
+    model: TinyLM
+    records: Callable[[str], list] = field(default=lambda layout: [])
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    trigger: Callable[[Ctx], object]
+    error: type[CBLabError]
+    message: str  # regex the message must match
+    needs: str | None = None  # a module the row imports (skipped if missing)
+    cleanup: Callable[[Ctx], None] | None = None  # what a user does to recover, if anything
+
+
+# -- plugins that raise once, in one hook ----------------------------------------------------------
+
+
+class Exploding(SchedulerPlugin):
+    """Raises in ``hook`` the first time it is called, then behaves."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook, self.fired = hook, False
+
+    def _maybe_raise(self, hook: str) -> None:
+        if hook == self.hook and not self.fired:
+            self.fired = True
+            raise RuntimeError("boom")
+
+    def before_step(self, engine):
+        self._maybe_raise("before_step")
+
+    def after_step(self, engine, record):
+        self._maybe_raise("after_step")
+
+    def on_request_completion(self, engine, request):
+        self._maybe_raise("on_request_completion")
+
+
+class ExplodingAttention(AttentionPlugin):
+    def __init__(self) -> None:
+        self.fired = False
+
+    def attend(self, layer, q, ctx, default):
+        if not self.fired and layer == 1:  # mid-forward: layer 0 has already written its K/V
+            self.fired = True
+            raise RuntimeError("boom")
+        return default(layer, q, ctx)
+
+
+class ExplodingCache(CachePlugin):
+    def __init__(self, hook: str) -> None:
+        self.hook, self.fired = hook, False
+
+    def _maybe_raise(self, hook: str) -> None:
+        if hook == self.hook and not self.fired:
+            self.fired = True
+            raise RuntimeError("boom")
+
+    def before_append(self, layer, k, v, batch):
+        self._maybe_raise("before_append")
+        return k, v
+
+    def after_append(self, layer, k, v, batch):
+        self._maybe_raise("after_append")
+
+
+def serve_with(plugin, finishing_request: bool = False) -> Callable[[Ctx], None]:
+    """Add ``plugin`` to the serving engine and step until it raises (a short request makes one finish)."""
+
+    def trigger(ctx: Ctx) -> None:
+        ctx.engine.add_plugin(plugin)
+        if finishing_request:
+            ctx.engine.add_request([7, 7], 1)
+        for _ in range(20):
+            ctx.engine.step()
+
+    return trigger
+
+
+def set_budget(value) -> Callable[[Ctx], None]:
+    def trigger(ctx: Ctx) -> None:
+        ctx.engine.budget = value
+        ctx.engine.step()
+
+    return trigger
+
+
+def restore_budget(ctx: Ctx) -> None:
+    ctx.engine.budget = ctx.engine.config.max_tokens_per_step
+
+
+def add(**kwargs) -> Callable[[Ctx], int]:
+    args = dict(prompt_ids=[4, 5], max_new_tokens=3) | kwargs
+    return lambda ctx: ctx.engine.add_request(**args)
+
+
+def paged(num_blocks: int = 2, block_size: int = 4) -> PagedAllocator:
+    return PagedAllocator(1, 1, 2, num_blocks, block_size)
+
+
+def double_free(cache) -> None:
+    cache.admit(0, 3)
+    cache.free(0)
+    cache.free(0)
+
+
+def admit_twice(cache) -> None:
+    cache.admit(0, 3)
+    cache.admit(0, 3)
+
+
+def grow(cache, reserve: int, to: int, keep_promise: bool = True) -> None:
+    cache.admit(0, reserve, reserve=keep_promise)
+    cache.ensure(0, to)
+
+
+def viz(name: str):
+    return pytest.importorskip("cblab_teach.viz").__dict__[name]
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+ROWS = [
+    # configuration
+    Row("engine: zero budget", lambda c: EngineConfig(max_tokens_per_step=0), ConfigError,
+        r"max_tokens_per_step must be an int >= 1, got 0"),
+    Row("engine: bool chunk size", lambda c: EngineConfig(prefill_chunk_size=True), ConfigError,
+        r"prefill_chunk_size must be an int >= 1, got True"),
+    Row("engine: unknown kv_layout", lambda c: EngineConfig(kv_layout="tiled"), ConfigError,
+        r"kv_layout must be one of \('dense', 'paged'\), got 'tiled'"),
+    Row("engine: unknown attention", lambda c: EngineConfig(attention="flash"), ConfigError,
+        r"attention must be one of .*got 'flash'"),
+    Row("engine: preemption needs paged", lambda c: EngineConfig(kv_layout="dense", preemption=True), ConfigError,
+        r"preemption=True needs kv_layout='paged', got 'dense'"),
+    Row("engine: negative eos id", lambda c: EngineConfig(eos_token_id=-1), ConfigError,
+        r"eos_token_id must be None or a token id >= 0, got -1"),
+    Row("engine: draft without a draft model", lambda c: Engine(c.model, EngineConfig(speculative="draft")),
+        ConfigError, r"speculative='draft' needs Engine\(\.\.\., draft_model="),
+    Row("engine: unknown device", lambda c: Engine(c.model, EngineConfig(device="tpu")), ConfigError,
+        r"device='tpu' is not a torch device"),
+    Row("engine: not a model", lambda c: Engine(None), ConfigError, r"Engine needs a TinyLM .*got None"),
+    Row("engine: config is a dict", lambda c: Engine(c.model, {"max_tokens_per_step": 4}), ConfigError,
+        r"must be an EngineConfig, got \{'max_tokens_per_step': 4\}"),
+    Row("model: hidden not divisible by heads", lambda c: ModelConfig(hidden_size=30, num_heads=4), ConfigError,
+        r"hidden_size=30 is not divisible by num_heads=4"),
+    Row("model: kv heads do not divide heads", lambda c: ModelConfig(num_heads=4, num_kv_heads=3), ConfigError,
+        r"num_heads=4 is not a multiple of num_kv_heads=3"),
+    Row("model: odd head_dim", lambda c: ModelConfig(hidden_size=12, num_heads=4), ConfigError,
+        r"head_dim=3 must be even for RoPE"),
+    Row("model: integer dtype", lambda c: ModelConfig(dtype=torch.int64), ConfigError,
+        r"dtype must be a floating torch.dtype, got torch.int64"),
+    Row("model: zero vocabulary", lambda c: ModelConfig(vocab_size=0), ConfigError,
+        r"vocab_size must be a positive int, got 0"),
+    Row("scheduler: zero chunk", lambda c: Scheduler(8, 0), ConfigError,
+        r"prefill_chunk_size must be an int >= 1, got 0"),
+    Row("scheduler: unknown policy", lambda c: Scheduler(8, 4, policy="lifo"), ConfigError,
+        r"policy must be one of \('fcfs', 'priority'\), got 'lifo'"),
+    Row("engine.budget set to 0", set_budget(0), ConfigError, r"engine.budget must be an int >= 1, got 0",
+        cleanup=restore_budget),
+    Row("engine.budget set to a string", set_budget("8"), ConfigError, r"engine.budget must be an int >= 1, got '8'",
+        cleanup=restore_budget),
+    Row("static batching: zero batch", lambda c: StaticBatchingEngine(c.model, batch_size=0), ConfigError,
+        r"batch_size must be an int >= 1, got 0"),
+    # requests
+    Row("request: empty prompt", add(prompt_ids=[]), RequestError, r"request 1: the prompt is empty"),
+    Row("request: id past the vocabulary", add(prompt_ids=[1, VOCAB]), RequestError,
+        rf"token ids \[{VOCAB}\] are outside the vocabulary \[0, {VOCAB}\)"),
+    Row("request: negative id", add(prompt_ids=[-1, 2]), RequestError, r"token ids \[-1\] are outside"),
+    Row("request: prompt is not ids", add(prompt_ids="abc"), RequestError,
+        r"prompt_ids must be a sequence of ints, got 'abc'"),
+    Row("request: zero max_new_tokens", add(max_new_tokens=0), RequestError,
+        r"max_new_tokens must be an int >= 1, got 0"),
+    Row("request: negative max_new_tokens", add(max_new_tokens=-3), RequestError,
+        r"max_new_tokens must be an int >= 1, got -3"),
+    Row("request: duplicate id", add(request_id=0), DuplicateRequestError, r"request id 0 is already in use"),
+    Row("request: id is not an int", add(request_id="x"), RequestError, r"request_id must be an int, got 'x'"),
+    Row("request: never fits the KV pool", add(prompt_ids=[1] * 5, max_new_tokens=50), CapacityError,
+        r"request 1 needs 54 KV slots but the whole pool has 48; it could never run"),
+    Row("request: longer than max_position", add(prompt_ids=[1] * 5, max_new_tokens=70), RequestError,
+        rf"prompt \(5\) \+ max_new_tokens \(70\) exceeds the model's max_position {MAX_POSITION}"),
+    Row("request: negative temperature", add(sampling=SamplingParams(temperature=-1.0)), RequestError,
+        r"invalid sampling parameters .*temperature=-1\.0"),
+    Row("request: NaN temperature", add(sampling=SamplingParams(temperature=float("nan"))), RequestError,
+        r"invalid sampling parameters .*temperature=nan"),
+    Row("request: top_p of zero", add(sampling=SamplingParams(temperature=1.0, top_p=0.0)), RequestError,
+        r"invalid sampling parameters .*top_p=0\.0"),
+    Row("request: fractional top_k", add(sampling=SamplingParams(temperature=1.0, top_k=2.5)), RequestError,
+        r"invalid sampling parameters .*top_k=2\.5"),
+    Row("request: sampling is a dict", add(sampling={"temperature": 1.0}), RequestError,
+        r"invalid sampling parameters \{'temperature': 1\.0\}"),
+    Row("request: priority is a string", add(priority="high"), RequestError,
+        r"priority must be an int \(smaller runs first\), got 'high'"),
+    Row("request: unknown id", lambda c: c.engine.output(42), UnknownRequestError, r"unknown request id 42"),
+    Row("generate: lengths do not match", lambda c: c.engine.generate([[1], [2]], [3]), RequestError,
+        r"got 2 prompts but 1 max_new_tokens"),
+    Row("static batching: id past the vocabulary", lambda c: StaticBatchingEngine(c.model).generate([[500]], 2),
+        RequestError, r"token ids \[500\] are outside the vocabulary"),
+    Row("step with nothing to run", lambda c: Engine(c.model).step(), CBLabError,
+        r"nothing to run: every request has finished; add_request\(\) first"),
+    # KV caches
+    Row("paged: double free", lambda c: double_free(paged()), KVCacheError,
+        r"request 0 has no KV to free \(double free\?\)"),
+    Row("dense: double free", lambda c: double_free(DenseKVCache(1, 1, 2, 16)), KVCacheError,
+        r"request 0 has no KV to free \(double free\?\)"),
+    Row("engine kv: free an unknown request", lambda c: c.engine.kv.free(99), KVCacheError,
+        r"request 99 has no KV to free"),
+    Row("engine kv: flatten an unknown request", lambda c: c.engine.kv.flatten(0, 99), KVCacheError,
+        r"requests \[99\] have no KV in this cache"),
+    Row("engine kv: grow an unknown request", lambda c: c.engine.kv.ensure(99, 4), KVCacheError,
+        r"request 99 has no KV in this cache"),
+    Row("paged: admit twice", lambda c: admit_twice(paged()), KVCacheError, r"request 0 already has KV"),
+    Row("paged: pool exhausted", lambda c: grow(paged(), 3, 100, keep_promise=False), KVCacheError,
+        r"the block pool is exhausted while growing request 0"),
+    Row("dense: grow past the reservation", lambda c: grow(DenseKVCache(1, 1, 2, 16), 3, 5), KVCacheError,
+        r"request 0 needs 5 slots but reserved 3"),
+    Row("paged: empty pool", lambda c: paged(num_blocks=0), ConfigError,
+        r"num_blocks and block_size must be >= 1, got 0 and 4"),
+    # plugins
+    Row("plugin raises in before_step", serve_with(Exploding("before_step")), PluginError,
+        r"plugin Exploding\.before_step\(\) raised RuntimeError: boom"),
+    Row("plugin raises in after_step", serve_with(Exploding("after_step")), PluginError,
+        r"plugin Exploding\.after_step\(\) raised RuntimeError: boom"),
+    Row("plugin raises in on_request_completion", serve_with(Exploding("on_request_completion"), True), PluginError,
+        r"plugin Exploding\.on_request_completion\(\) raised RuntimeError: boom"),
+    Row("plugin raises in attend", serve_with(ExplodingAttention()), PluginError,
+        r"plugin ExplodingAttention\.attend\(\) raised RuntimeError: boom"),
+    Row("plugin raises in before_append", serve_with(ExplodingCache("before_append")), PluginError,
+        r"plugin ExplodingCache\.before_append\(\) raised RuntimeError: boom"),
+    Row("plugin raises in after_append", serve_with(ExplodingCache("after_append")), PluginError,
+        r"plugin ExplodingCache\.after_append\(\) raised RuntimeError: boom"),
+    Row("add_plugin: not a plugin", lambda c: c.engine.add_plugin(object()), PluginError,
+        r"<object object at .*> is not a SchedulerPlugin, AttentionPlugin or CachePlugin"),
+    Row("add_plugin: the class, not an instance", lambda c: c.engine.add_plugin(SchedulerPlugin), PluginError,
+        r"<class '.*SchedulerPlugin'> is not a SchedulerPlugin"),
+    # visual layer (written alongside; skipped where cblab_teach.viz is missing)
+    Row("viz: unknown player view", lambda c: viz("StepPlayer")(c.records("paged"), view="heatmap"),
+        CBLabError, r"unknown view 'heatmap'", needs="cblab_teach.viz"),
+    Row("viz: player step out of range", lambda c: viz("StepPlayer")(c.records("paged")).show_step(999),
+        CBLabError, r"step 999 is out of range: this run has \d+ steps", needs="cblab_teach.viz"),
+    Row("viz: mask step out of range", lambda c: viz("mask_figure")(c.records("paged"), step=-999), CBLabError,
+        r"step -999 is out of range", needs="cblab_teach.viz"),
+    Row("viz: no records", lambda c: viz("budget_figure")([]), CBLabError, r"no StepRecords to draw",
+        needs="cblab_teach.viz"),
+    Row("viz: block map of a dense run", lambda c: viz("block_map_figure")(c.records("dense")), CBLabError,
+        r"these records have no block tables .*kv_layout='paged'", needs="cblab_teach.viz"),
+]  # fmt: skip
+
+VIZ_ERRORS = {  # the exact class each viz row expects, resolved lazily (the module may be missing)
+    "viz: unknown player view": "UnknownViewError",
+    "viz: player step out of range": "StepOutOfRangeError",
+    "viz: mask step out of range": "StepOutOfRangeError",
+    "viz: no records": "NoRecordsError",
+    "viz: block map of a dense run": "NotPagedError",
+}
+
+
+def expected_error(row: Row) -> type[CBLabError]:
+    if row.name in VIZ_ERRORS:
+        return getattr(pytest.importorskip("cblab_teach.viz"), VIZ_ERRORS[row.name])
+    return row.error
+
+
+@pytest.fixture(scope="module")
+def finished_runs(model):
+    cache: dict[str, list] = {}
+
+    def records(layout: str) -> list:
+        if layout not in cache:
+            engine = Engine(model, EngineConfig(max_tokens_per_step=6, kv_layout=layout, block_size=4, num_blocks=16))
+            for prompt in ([1, 2, 3, 4, 5], [6, 7], [8, 9, 10]):
+                engine.add_request(prompt, 3)
+            cache[layout] = engine.run()
+        return cache[layout]
+
+    return records
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_bad_input_gets_a_typed_error_and_the_engine_carries_on(row: Row, model, finished_runs, alone) -> None:
+    if row.needs:
+        pytest.importorskip(row.needs)
+    engine = Engine(model, SERVING)
+    good = engine.add_request(GOOD_PROMPT, GOOD_NEW, request_id=0)
+    engine.step()
+    engine.step()  # the good request is mid-prefill: it holds KV and has work left
+    ctx = Ctx(engine, model, finished_runs)
+    error = expected_error(row)
+
+    with pytest.raises(CBLabError) as info:
+        row.trigger(ctx)
+    assert type(info.value) is error, f"{row.name}: got {type(info.value).__name__}: {info.value}"
+    assert re.search(row.message, str(info.value)), f"{row.name}: message {str(info.value)!r}"
+
+    if row.cleanup:
+        row.cleanup(ctx)
+    engine.run()
+    assert engine.output(good) == alone(GOOD_PROMPT, GOOD_NEW)
+    for rid, req in engine.requests.items():  # anything the row added also finished, and correctly
+        assert req.is_finished
+        assert engine.output(rid) == alone(req.prompt_ids, req.max_new_tokens)
+    assert not engine.kv.lengths and sorted(engine.kv.free_blocks) == list(range(SERVING.num_blocks))
+
+
+def test_the_table_is_broad() -> None:
+    assert len(ROWS) >= 20
+    assert len({r.name for r in ROWS}) == len(ROWS)
+    kinds = {r.error for r in ROWS}
+    for needed in (ConfigError, RequestError, DuplicateRequestError, CapacityError, UnknownRequestError):
+        assert needed in kinds
+    assert KVCacheError in kinds and PluginError in kinds
+
+
+def test_a_rejected_request_leaves_no_trace(model) -> None:
+    """Rejected requests neither take an id nor sit in the queue: the next request gets the next id."""
+    engine = Engine(model, SERVING)
+    engine.add_request([1, 2], 2)
+    for bad in (dict(prompt_ids=[]), dict(prompt_ids=[1], priority="high"), dict(prompt_ids=[1], max_new_tokens=0)):
+        with pytest.raises(RequestError):
+            engine.add_request(**(dict(max_new_tokens=2) | bad))
+    assert list(engine.requests) == [0] and [r.request_id for r in engine.waiting] == [0]
+    assert engine.add_request([3], 2) == 1
