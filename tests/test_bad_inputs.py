@@ -4,8 +4,6 @@ One row per mistake a learner (or a plugin author) can make, from configuration 
 requests, KV caches, plugins and the visual layer. Each row runs against an engine
 that is already serving a request; after the error, that request (and any other the
 row added) still finishes with exactly the output it gets when run alone.
-
-The visual-layer rows need ``cblab_teach.viz``; they skip if it cannot be imported.
 """
 
 from __future__ import annotations
@@ -37,6 +35,16 @@ from cblab_teach import (
     UnknownRequestError,
 )
 from cblab_teach.plugins.base import AttentionPlugin, CachePlugin, SchedulerPlugin
+from cblab_teach.viz import (
+    NoRecordsError,
+    NotPagedError,
+    StepOutOfRangeError,
+    StepPlayer,
+    UnknownViewError,
+    block_map_figure,
+    budget_figure,
+    mask_figure,
+)
 
 from .helpers import run_alone
 
@@ -99,7 +107,6 @@ class Row:
     trigger: Callable[[Ctx], object]
     error: type[CBLabError]
     message: str  # regex the message must match
-    needs: str | None = None  # a module the row imports (skipped if missing)
     cleanup: Callable[[Ctx], None] | None = None  # what a user does to recover, if anything
 
 
@@ -203,10 +210,6 @@ def admit_twice(cache) -> None:
 def grow(cache, reserve: int, to: int, keep_promise: bool = True) -> None:
     cache.admit(0, reserve, reserve=keep_promise)
     cache.ensure(0, to)
-
-
-def viz(name: str):
-    return pytest.importorskip("cblab_teach.viz").__dict__[name]
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -323,32 +326,17 @@ ROWS = [
         r"<object object at .*> is not a SchedulerPlugin, AttentionPlugin or CachePlugin"),
     Row("add_plugin: the class, not an instance", lambda c: c.engine.add_plugin(SchedulerPlugin), PluginError,
         r"<class '.*SchedulerPlugin'> is not a SchedulerPlugin"),
-    # visual layer (written alongside; skipped where cblab_teach.viz is missing)
-    Row("viz: unknown player view", lambda c: viz("StepPlayer")(c.records("paged"), view="heatmap"),
-        CBLabError, r"unknown view 'heatmap'", needs="cblab_teach.viz"),
-    Row("viz: player step out of range", lambda c: viz("StepPlayer")(c.records("paged")).show_step(999),
-        CBLabError, r"step 999 is out of range: this run has \d+ steps", needs="cblab_teach.viz"),
-    Row("viz: mask step out of range", lambda c: viz("mask_figure")(c.records("paged"), step=-999), CBLabError,
-        r"step -999 is out of range", needs="cblab_teach.viz"),
-    Row("viz: no records", lambda c: viz("budget_figure")([]), CBLabError, r"no StepRecords to draw",
-        needs="cblab_teach.viz"),
-    Row("viz: block map of a dense run", lambda c: viz("block_map_figure")(c.records("dense")), CBLabError,
-        r"these records have no block tables .*kv_layout='paged'", needs="cblab_teach.viz"),
+    # visual layer
+    Row("viz: unknown player view", lambda c: StepPlayer(c.records("paged"), view="heatmap"),
+        UnknownViewError, r"unknown view 'heatmap'"),
+    Row("viz: player step out of range", lambda c: StepPlayer(c.records("paged")).show_step(999),
+        StepOutOfRangeError, r"step 999 is out of range: this run has \d+ steps"),
+    Row("viz: mask step out of range", lambda c: mask_figure(c.records("paged"), step=-999), StepOutOfRangeError,
+        r"step -999 is out of range"),
+    Row("viz: no records", lambda c: budget_figure([]), NoRecordsError, r"no StepRecords to draw"),
+    Row("viz: block map of a dense run", lambda c: block_map_figure(c.records("dense")), NotPagedError,
+        r"these records have no block tables .*kv_layout='paged'"),
 ]  # fmt: skip
-
-VIZ_ERRORS = {  # the exact class each viz row expects, resolved lazily (the module may be missing)
-    "viz: unknown player view": "UnknownViewError",
-    "viz: player step out of range": "StepOutOfRangeError",
-    "viz: mask step out of range": "StepOutOfRangeError",
-    "viz: no records": "NoRecordsError",
-    "viz: block map of a dense run": "NotPagedError",
-}
-
-
-def expected_error(row: Row) -> type[CBLabError]:
-    if row.name in VIZ_ERRORS:
-        return getattr(pytest.importorskip("cblab_teach.viz"), VIZ_ERRORS[row.name])
-    return row.error
 
 
 @pytest.fixture(scope="module")
@@ -368,14 +356,12 @@ def finished_runs(model):
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
 def test_bad_input_gets_a_typed_error_and_the_engine_carries_on(row: Row, model, finished_runs, alone) -> None:
-    if row.needs:
-        pytest.importorskip(row.needs)
     engine = Engine(model, SERVING)
     good = engine.add_request(GOOD_PROMPT, GOOD_NEW, request_id=0)
     engine.step()
     engine.step()  # the good request is mid-prefill: it holds KV and has work left
     ctx = Ctx(engine, model, finished_runs)
-    error = expected_error(row)
+    error = row.error
 
     with pytest.raises(CBLabError) as info:
         row.trigger(ctx)

@@ -534,7 +534,7 @@ def test_command_line_lists_and_checks_a_solution_notebook():
 
 
 def test_own_merge_reference_agrees_with_the_sharding_module():
-    sharding = pytest.importorskip("cblab_teach.advanced.sharding")
+    from cblab_teach.advanced import sharding
     from cblab_teach.checks.ex09_lse_merge import reference_merge_partials
 
     for case in EXERCISES["ex09_lse_merge"].cases(seed=3):
@@ -545,7 +545,7 @@ def test_own_merge_reference_agrees_with_the_sharding_module():
 
 
 def test_ttft_reference_agrees_with_the_metrics_collector():
-    monitoring = pytest.importorskip("cblab_teach.monitoring")
+    from cblab_teach import monitoring
     from cblab_teach.checks.ex08_ttft_tpot import reference_ttft_tpot, run_staggered
 
     engine = run_staggered([(0, 9, 4), (1, 3, 1), (2, 6, 5), (4, 2, 3)], budget=6, chunk=3)

@@ -342,8 +342,9 @@ def test_metrics_figure_from_collector_contract():
 
 
 def test_metrics_figure_with_real_collector(tiny, work):
-    monitoring = pytest.importorskip("cblab_teach.monitoring")
-    collector = monitoring.MetricsCollector()
+    from cblab_teach.monitoring import MetricsCollector
+
+    collector = MetricsCollector()
     engine = Engine(tiny, config(), plugins=[collector])
     engine.generate(work.prompts, work.max_new_tokens)
     fig = metrics_figure(collector)

@@ -11,8 +11,8 @@ A shard where a query sees no key has ``lse = -inf`` and contributes nothing;
 if no shard has a visible key the row is zeros. The expected output is not a
 merge at all: it is :func:`cblab_teach.attention.masked_attention` over all the
 keys at once, so the check holds the merge to the definition. The reference
-answer is :func:`cblab_teach.advanced.sharding.merge_partials` where that module
-is present, else :func:`reference_merge_partials` below.
+answer is :func:`reference_merge_partials` below, the tensor form of
+:func:`cblab_teach.advanced.sharding.merge_partials` (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -35,15 +35,6 @@ def reference_merge_partials(outs: torch.Tensor, lses: torch.Tensor) -> torch.Te
     total = weights.sum(dim=0)
     merged = (weights[..., None] * outs).sum(dim=0)
     return merged / torch.where(total > 0, total, torch.ones_like(total))[..., None]
-
-
-def library_merge_partials():
-    """The sharding module's merge, when it is installed; the checks do not depend on it."""
-    try:
-        from ..advanced.sharding import merge_partials
-    except ImportError:
-        return None
-    return merge_partials
 
 
 def single_head(q, k, v, mask) -> torch.Tensor:
@@ -80,7 +71,7 @@ class LseMerge(Exercise):
 
     @property
     def reference(self):
-        return library_merge_partials() or reference_merge_partials
+        return reference_merge_partials
 
     def fixed_cases(self) -> list[Case]:
         g = torch.Generator().manual_seed(9)

@@ -52,7 +52,8 @@ def chromium_path() -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api  # noqa: F401  (a test dependency: fail loudly if it is missing)
+
     return CHROMIUM
 
 
