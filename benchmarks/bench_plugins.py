@@ -31,23 +31,9 @@ from cblab_teach.plugins import (
     PriorityPlugin,
     SlidingWindowPlugin,
 )
-from cblab_teach.workloads import make_workload
+from cblab_teach.workloads import make_workload, serve_with_urgent_arrivals
 
 from .common import VOCAB, bench_model
-
-
-def _serve_with_arrivals(model: TinyLM, plugins, policy: str, low, high, every: int) -> tuple[Engine, list[int]]:
-    engine = Engine(model, EngineConfig(max_tokens_per_step=64, prefill_chunk_size=32, policy=policy), plugins=plugins)
-    for p, n in zip(low.prompts, low.max_new_tokens):
-        engine.add_request(p, n, priority=5)
-    urgent, k = [], 0
-    while engine.has_unfinished() or k < len(high):
-        if len(engine.records) % every == 0 and k < len(high):
-            urgent.append(engine.add_request(high.prompts[k], high.max_new_tokens[k], priority=0))
-            k += 1
-        if engine.has_unfinished():
-            engine.step()
-    return engine, urgent
 
 
 def priority(model: TinyLM, quick: bool) -> tuple[dict, go.Figure, list[dict]]:
@@ -60,7 +46,10 @@ def priority(model: TinyLM, quick: bool) -> tuple[dict, go.Figure, list[dict]]:
         ("PriorityPlugin", [PriorityPlugin(0.5)], "fcfs"),
     )
     for name, plugins, policy in tqdm(setups, desc="priority"):
-        engine, urgent = _serve_with_arrivals(model, plugins, policy, low, high, every=3)
+        engine = Engine(
+            model, EngineConfig(max_tokens_per_step=64, prefill_chunk_size=32, policy=policy), plugins=plugins
+        )
+        urgent = serve_with_urgent_arrivals(engine, low, high, every=3)
         collector = MetricsCollector.from_engine(engine)
         per = {m.request_id: m for m in collector.request_metrics()}
         summary = collector.summary()

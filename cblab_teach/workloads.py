@@ -41,3 +41,18 @@ def make_workload(
     else:
         outs = torch.randint(lo, hi + 1, (num_requests,), generator=g).tolist()
     return Workload(prompts, [max(1, int(n)) for n in outs])
+
+
+def serve_with_urgent_arrivals(engine, background: Workload, urgent: Workload, every: int = 3) -> list[int]:
+    """Queue ``background`` at low priority (5), then add one ``urgent`` request (priority 0) every ``every``
+    steps while serving: the load on which a priority policy shows what it buys. Returns the urgent ids."""
+    for p, n in zip(background.prompts, background.max_new_tokens):
+        engine.add_request(p, n, priority=5)
+    urgent_ids: list[int] = []
+    while engine.has_unfinished() or len(urgent_ids) < len(urgent):
+        k = len(urgent_ids)
+        if len(engine.records) % every == 0 and k < len(urgent):
+            urgent_ids.append(engine.add_request(urgent.prompts[k], urgent.max_new_tokens[k], priority=0))
+        if engine.has_unfinished():
+            engine.step()
+    return urgent_ids

@@ -9,6 +9,15 @@ from cblab_teach import ModelConfig, TinyLM
 from cblab_teach.workloads import make_workload
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The test models are tiny: torch's thread pool only adds waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model64() -> TinyLM:
     """float64, so greedy token identity never hinges on a float32 near-tie."""

@@ -69,15 +69,6 @@ def model() -> TinyLM:
     return TinyLM(cfg, seed=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: torch's thread pool only adds waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def alone(model) -> Callable[[list[int], int], list[int]]:
     """The reference output of a request served by itself, computed once per (prompt, length)."""

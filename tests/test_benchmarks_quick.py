@@ -13,28 +13,19 @@ import random
 
 import plotly.graph_objects as go
 import pytest
-import torch
 
 from benchmarks import run as runner
 from benchmarks.common import continuous_steps, ideal_speedup, percentile, static_steps
 
-MINE = ("continuous_vs_static", "huggingface", "overhead", "kv_memory", "scaling")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+ALL = runner.discover()  # every benchmarks/bench_*.py
 
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    return {name: importlib.import_module(f"benchmarks.bench_{name}").run(quick=True) for name in MINE}
+    return {name: importlib.import_module(f"benchmarks.bench_{name}").run(quick=True) for name in ALL}
 
 
-@pytest.mark.parametrize("name", MINE)
+@pytest.mark.parametrize("name", ALL)
 def test_result_structure(results, name):
     r = results[name]
     assert r["name"] == name
@@ -120,7 +111,8 @@ def test_percentile_matches_definition():
 
 
 def test_runner_discovers_and_survives_a_failing_benchmark(tmp_path, monkeypatch):
-    assert set(MINE) <= set(runner.discover())
+    core = {"continuous_vs_static", "huggingface", "overhead", "kv_memory", "scaling", "advanced", "plugins"}
+    assert core <= set(runner.discover())
     broken = runner.run_one("no_such_benchmark", quick=True)
     assert broken["error"] and "ModuleNotFoundError" in broken["error"]
     monkeypatch.setattr(runner, "RESULTS", tmp_path)

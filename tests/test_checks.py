@@ -520,13 +520,20 @@ def test_command_line_lists_and_checks_a_solution_notebook():
     )
     assert all(name in listing.stdout for name in NAMES)
     ok = subprocess.run(
-        [sys.executable, "-m", "cblab_teach.checks", "ex03_chunked_prefill"],
+        [sys.executable, "-m", "cblab_teach.checks", "ex03_chunked_prefill", "--solution"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASSED" in ok.stdout
+    stub = subprocess.run(  # the default is the learner's notebook: untouched, its stub fails with a hint
+        [sys.executable, "-m", "cblab_teach.checks", "ex03_chunked_prefill"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stub.returncode == 1 and "not implemented yet" in stub.stdout and "hint" in stub.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "cblab_teach.checks", "ex99_nope"], capture_output=True, text=True, timeout=120
     )

@@ -29,7 +29,7 @@ from cblab_teach.plugins import (
     SlidingWindowPlugin,
 )
 from cblab_teach.plugins.kv_quant import dequantize, quantize
-from cblab_teach.workloads import make_workload
+from cblab_teach.workloads import make_workload, serve_with_urgent_arrivals
 
 from .helpers import run_alone
 
@@ -274,18 +274,9 @@ def test_reserved_tokens_keep_room_for_urgent_requests():
     assert plan.used == 16
 
 
-def _arrivals_run(model, plugins, low, high, every=3, **cfg):
-    engine = Engine(model, EngineConfig(max_tokens_per_step=32, prefill_chunk_size=16, **cfg), plugins=plugins)
-    for p, n in zip(low.prompts, low.max_new_tokens):
-        engine.add_request(p, n, priority=5)
-    urgent, k = [], 0
-    while engine.has_unfinished() or k < len(high):
-        if len(engine.records) % every == 0 and k < len(high):
-            urgent.append(engine.add_request(high.prompts[k], high.max_new_tokens[k], priority=0))
-            k += 1
-        if engine.has_unfinished():
-            engine.step()
-    return engine, urgent
+def _arrivals_run(model, plugins, low, high):
+    engine = Engine(model, EngineConfig(max_tokens_per_step=32, prefill_chunk_size=16), plugins=plugins)
+    return engine, serve_with_urgent_arrivals(engine, low, high, every=3)
 
 
 def test_priority_plugin_cuts_urgent_ttft_and_keeps_throughput(model64):

@@ -8,40 +8,28 @@
 
 From a terminal: ``python -m cblab_teach.checks`` lists the exercises and
 ``python -m cblab_teach.checks ex01_ragged_mask`` (or ``make check EX=...``)
-checks the solution written in ``solutions/ex01_ragged_mask.ipynb``.
+checks your answer in ``exercises/ex01_ragged_mask.ipynb`` (``--solution``: the worked one).
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-from . import (
-    ex01_ragged_mask,
-    ex02_decode_first_scheduler,
-    ex03_chunked_prefill,
-    ex04_paged_allocator,
-    ex05_masked_attention,
-    ex06_static_vs_continuous,
-    ex07_priority_plugin,
-    ex08_ttft_tpot,
-    ex09_lse_merge,
-)
 from ._base import Case, CheckResult, Exercise, Failure, Mismatch, UnknownExerciseError, run_exercise
 
-EXERCISES: dict[str, Exercise] = {
-    m.EXERCISE.name: m.EXERCISE
-    for m in (
-        ex01_ragged_mask,
-        ex02_decode_first_scheduler,
-        ex03_chunked_prefill,
-        ex04_paged_allocator,
-        ex05_masked_attention,
-        ex06_static_vs_continuous,
-        ex07_priority_plugin,
-        ex08_ttft_tpot,
-        ex09_lse_merge,
-    )
-}
+NAMES = (
+    "ex01_ragged_mask",
+    "ex02_decode_first_scheduler",
+    "ex03_chunked_prefill",
+    "ex04_paged_allocator",
+    "ex05_masked_attention",
+    "ex06_static_vs_continuous",
+    "ex07_priority_plugin",
+    "ex08_ttft_tpot",
+    "ex09_lse_merge",
+)
+EXERCISES: dict[str, Exercise] = {name: import_module(f".{name}", __name__).EXERCISE for name in NAMES}
 
 
 def get_exercise(name: str) -> Exercise:

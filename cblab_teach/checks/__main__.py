@@ -1,9 +1,9 @@
-"""``python -m cblab_teach.checks [NAME]``: list the exercises, or check one exercise's solution notebook.
+"""``python -m cblab_teach.checks [NAME]``: list the exercises, or check your answer to one.
 
-The code is taken from ``solutions/NAME.ipynb`` (or ``--notebook``, e.g. your
-own ``exercises/NAME.ipynb``): its code cells run in order until the one that
-defines the exercise's entry point; checks run against that definition. ``--reference`` checks the library's
-own reference instead (useful when the notebooks are not at hand).
+The code is taken from your ``exercises/NAME.ipynb`` (``--solution``: the worked
+``solutions/NAME.ipynb``; ``--notebook PATH``: any other): its code cells run in
+order until the one that defines the exercise's entry point; checks run against
+that definition. ``--reference`` checks the library's own reference instead.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def load_solution(exercise: Exercise, notebook: Path) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cblab_teach.checks", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="exercise name; leave out to list them")
-    parser.add_argument("--notebook", type=Path, help="notebook holding the solution (default: solutions/NAME.ipynb)")
+    parser.add_argument("--notebook", type=Path, help="notebook holding the answer (default: exercises/NAME.ipynb)")
+    parser.add_argument("--solution", action="store_true", help="check the worked solutions/NAME.ipynb")
     parser.add_argument("--reference", action="store_true", help="check the library's reference instead")
     parser.add_argument("--seed", type=int, default=0, help="seed of the randomised cases")
     args = parser.parse_args(argv)
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         learner = exercise.reference
     else:
-        notebook = args.notebook or REPO / "solutions" / f"{exercise.name}.ipynb"
+        folder = "solutions" if args.solution else "exercises"
+        notebook = args.notebook or REPO / folder / f"{exercise.name}.ipynb"
         if not notebook.exists():
             print(f"{notebook} not found; use --notebook PATH or --reference", file=sys.stderr)
             return 2
