@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 COURSE_PATTERN = re.compile(r"^(\d\d)_.*\.ipynb$")
 CDN_SCRIPT = re.compile(r"<script[^>]+src=[\"']https?://cdn\.plot\.ly", re.I)
+REQUIRE_JS = re.compile(r"<script[^>]+require(?:\.min)?\.js[^>]*>\s*</script>\s*", re.I)
 INLINE_PLOTLY = re.compile(r"<script([^>]*)>(\s*/\*\*\s*\* plotly\.js v.*?)</script>", re.S)
 PLOTLY_FILE = "plotly.js"
 
@@ -84,7 +85,9 @@ def write_plotly(out: Path) -> None:
 
 def share_plotly(page: str) -> str:
     """Drop the plotly.js a notebook inlined (about 5 MB, wherever its first figure was) and load the local copy
-    in <head>, before any figure draws."""
+    in <head>, before any figure draws. The template's require.js goes too: where it loads (online), plotly.js
+    registers as an AMD module instead of ``window.Plotly`` and no figure draws."""
+    page = REQUIRE_JS.sub("", page)
     page = INLINE_PLOTLY.sub("<script></script>", page, count=1)
     if "Plotly.newPlot" not in page:
         return page
@@ -96,6 +99,8 @@ def check_offline(page: str, name: str, out: Path) -> list[str]:
     problems = []
     if CDN_SCRIPT.search(page):
         problems.append(f"{name}: loads plotly.js from a CDN")
+    if REQUIRE_JS.search(page):
+        problems.append(f"{name}: loads require.js, which hides window.Plotly")
     draws = "Plotly.newPlot" in page
     if draws and not (f'src="{PLOTLY_FILE}"' in page and (out / PLOTLY_FILE).exists()):
         problems.append(f"{name}: draws plotly figures but has no local plotly.js")
