@@ -32,7 +32,7 @@ class QAError(CBLabError):
 
 @dataclass(frozen=True)
 class QAItem:
-    """One question of the seed Q&A."""
+    """One question of the interview Q&A."""
 
     section: str  # the section heading, in the file's language
     question: str

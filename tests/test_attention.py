@@ -43,7 +43,7 @@ def test_values_behind_the_mask_cannot_change_the_output():
     v2 = v.clone()
     v2[:, 3:] = 1e6  # another request's values
     assert torch.equal(masked_attention(q, k, v, mask), masked_attention(q, k, v2, mask))
-    # the seed system's post-softmax clamp leaks eps * 1e6 of them in
+    # a naive engine's post-softmax clamp leaks eps * 1e6 of them in
     assert not torch.allclose(leaky_clamp_attention(q, k, v, mask), leaky_clamp_attention(q, k, v2, mask))
 
 

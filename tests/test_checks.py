@@ -98,7 +98,7 @@ def plan_prefill_first(decoding, prefilling, budget, chunk_size):
 
 
 def plan_starves(decoding, prefilling, budget, chunk_size):
-    """The seed system's bug: always the first decoders in id order."""
+    """A naive engine's bug: always the first decoders in id order."""
     return plan_ok([(rid, 0) for rid, _ in decoding], prefilling, budget, chunk_size)
 
 

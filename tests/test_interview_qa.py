@@ -84,7 +84,7 @@ def test_parser_handles_the_malformed_chinese_bold_and_rejects_a_missing_answer(
     assert issubclass(QAError, CBLabError)
 
 
-# -- every name the seeds mention is real code ---------------------------------------------------------------
+# -- every name the Q&A mentions is real code ---------------------------------------------------------------
 def _defined_classes() -> dict[str, set[str]]:
     """Class name -> method and attribute names, from the source of the whole package."""
     classes: dict[str, set[str]] = {}
@@ -162,7 +162,7 @@ def test_every_question_is_in_its_notebook_in_order_with_code_after_it(lang):
             if cell.source.lstrip().startswith("###") and q.question in cell.source:
                 order.append(q.number)
                 assert section == q.section, f"question {q.number} sits under {section!r}, not {q.section!r}"
-    assert order == [q.number for q in items], "questions out of the seed's order"
+    assert order == [q.number for q in items], "questions out of the Q&A's order"
 
 
 class _BlankStrings(ast.NodeTransformer):

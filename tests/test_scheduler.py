@@ -57,7 +57,7 @@ def test_nobody_starves_with_budget_2_and_3_decoders(model64):
         for c in engine.step().plan.chunks:
             served[c.request_id] += 1
     assert all(n >= 2 for n in served.values()), served  # every decoder advanced
-    # the seed system took the first N decoders every step; request 2 would never advance there
+    # a naive engine took the first N decoders every step; request 2 would never advance there
 
 
 def test_least_recently_served_decoder_goes_first():

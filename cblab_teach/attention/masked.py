@@ -51,7 +51,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def leaky_clamp_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
-    """The seed system's attention: post-softmax clamp. Wrong on purpose; for teaching only."""
+    """A naive engine's attention: post-softmax clamp. Wrong on purpose; for teaching only."""
     heads = q.shape[-2]
     k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])

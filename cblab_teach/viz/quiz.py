@@ -41,7 +41,7 @@ LABELS = {
         "shuffle": "Shuffle",
         "topic": "Topic",
         "all": "all topics",
-        "answer": "Answer (seed)",
+        "answer": "Answer (Q&A)",
         "think": "Think it through, then reveal.",
         "score": "score",
         "demo": "Live demo",
