@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-lab: install
-	$(VENV)/bin/jupyter lab notebooks/00_start_here.ipynb
+lab: install  # --allow-root only where it is needed (containers run as root)
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
 
 test: install
 	$(PY) -m pytest tests -q
