@@ -16,17 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import psutil
 import torch
 
 from .errors import MonitoringError
 
 
-def process_rss() -> int | None:
-    """Resident set size of this process in bytes (None without psutil)."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover
-        return None
+def process_rss() -> int:
+    """Resident set size of this process in bytes."""
     return psutil.Process().memory_info().rss
 
 
