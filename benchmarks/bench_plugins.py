@@ -22,7 +22,6 @@ from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from cblab_teach import Engine, EngineConfig, TinyLM
-from cblab_teach.core.batch_builder import build_batch
 from cblab_teach.monitoring import MemoryLeakDetector, MetricsCollector
 from cblab_teach.plugins import (
     AdaptiveBatchSizePlugin,
@@ -31,6 +30,7 @@ from cblab_teach.plugins import (
     PriorityPlugin,
     SlidingWindowPlugin,
 )
+from cblab_teach.plugins.kv_quant import teacher_forced_logits
 from cblab_teach.workloads import make_workload, serve_with_urgent_arrivals
 
 from .common import VOCAB, bench_model
@@ -141,18 +141,8 @@ def int8_kv(model: TinyLM, quick: bool) -> tuple[dict, list[dict]]:
     total = sum(map(len, plain))
     agree = sum(a == b for p, q in zip(plain, quant) for a, b in zip(p, q))
     same_prefix = sum(next((i for i, (a, b) in enumerate(zip(p, q)) if a != b), len(p)) for p, q in zip(plain, quant))
-    logits = []
-    for quantized in (False, True):  # teacher-forced: one prefill of the same prompts through each pool
-        engine = Engine(model, EngineConfig(max_tokens_per_step=4096, prefill_chunk_size=256, num_blocks=256))
-        if quantized:
-            KVQuantizationPlugin().install(engine.kv)
-        for p in w.prompts[:8]:
-            engine.add_request(p, 1)
-        plan = engine.scheduler.plan(engine.running, engine.waiting, engine.kv)
-        engine._admit(plan)
-        for c in plan.chunks:
-            engine.kv.ensure(c.request_id, c.end)
-        logits.append(model(build_batch(plan, engine.requests), engine.kv, all_logits=True))
+    forced = EngineConfig(max_tokens_per_step=4096, prefill_chunk_size=256, num_blocks=256)
+    logits = [teacher_forced_logits(model, forced, w.prompts[:8], quantized) for quantized in (False, True)]
     diff = logits[1] - logits[0]
     metrics = {
         "int8_kv_float_bytes": plugin.float_bytes,

@@ -6,16 +6,15 @@ is most of a step, small enough that ``make bench`` stays within minutes.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
 from cblab_teach import ModelConfig, TinyLM
+from cblab_teach.monitoring.metrics import RequestMetrics, percentile, request_metrics_from_times
 
 VOCAB = 512
 
@@ -53,32 +52,9 @@ def hf_llama_config(quick: bool):
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile, ``q`` in [0, 100]; NaN for no values."""
-    if not values:
-        return float("nan")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-@dataclass
-class Latency:
-    """One request's latencies, all requests arriving together at ``t0`` (an offline batch)."""
-
-    ttft_s: float  # first token
-    tpot_s: float  # mean time per output token after the first (NaN with one token)
-    e2e_s: float  # last token
-
-
-def latencies(token_times: dict[int, list[float]], t0: float) -> list[Latency]:
-    out = []
-    for times in token_times.values():
-        n = len(times)
-        tpot = (times[-1] - times[0]) / (n - 1) if n > 1 else float("nan")
-        out.append(Latency(times[0] - t0, tpot, times[-1] - t0))
-    return out
+def latencies(token_times: dict[int, list[float]], t0: float) -> list[RequestMetrics]:
+    """TTFT, TPOT and E2E of each request, all arriving together at ``t0`` (an offline batch)."""
+    return [request_metrics_from_times(rid, t0, times) for rid, times in token_times.items()]
 
 
 def token_times_from_records(records: Iterable) -> dict[int, list[float]]:
@@ -92,9 +68,9 @@ def token_times_from_records(records: Iterable) -> dict[int, list[float]]:
     return times
 
 
-def latency_summary(lat: list[Latency], prefix: str = "") -> dict[str, float]:
+def latency_summary(lat: list[RequestMetrics], prefix: str = "") -> dict[str, float]:
     def col(name: str) -> list[float]:
-        return [v for v in (getattr(x, name) for x in lat) if not math.isnan(v)]
+        return [v for v in (getattr(x, name) for x in lat) if v is not None]
 
     out = {}
     for name in ("ttft_s", "tpot_s", "e2e_s"):

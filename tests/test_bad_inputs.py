@@ -104,7 +104,7 @@ class Row:
 # -- plugins that raise once, in one hook ----------------------------------------------------------
 
 
-class Exploding(SchedulerPlugin):
+class RaisesOnce:
     """Raises in ``hook`` the first time it is called, then behaves."""
 
     def __init__(self, hook: str) -> None:
@@ -115,6 +115,8 @@ class Exploding(SchedulerPlugin):
             self.fired = True
             raise RuntimeError("boom")
 
+
+class Exploding(RaisesOnce, SchedulerPlugin):
     def before_step(self, engine):
         self._maybe_raise("before_step")
 
@@ -136,15 +138,7 @@ class ExplodingAttention(AttentionPlugin):
         return default(layer, q, ctx)
 
 
-class ExplodingCache(CachePlugin):
-    def __init__(self, hook: str) -> None:
-        self.hook, self.fired = hook, False
-
-    def _maybe_raise(self, hook: str) -> None:
-        if hook == self.hook and not self.fired:
-            self.fired = True
-            raise RuntimeError("boom")
-
+class ExplodingCache(RaisesOnce, CachePlugin):
     def before_append(self, layer, k, v, batch):
         self._maybe_raise("before_append")
         return k, v

@@ -12,7 +12,6 @@ import torch
 from cblab_teach import Engine, EngineConfig, ModelConfig, PluginError, Scheduler, TinyLM
 from cblab_teach.attention.masked import expand_kv_heads
 from cblab_teach.attention.paged import gather_from_block_table
-from cblab_teach.core.batch_builder import build_batch
 from cblab_teach.core.request import Request, RequestState
 from cblab_teach.errors import ConfigError
 from cblab_teach.model.layers import RotaryEmbedding
@@ -28,7 +27,7 @@ from cblab_teach.plugins import (
     SchedulerPlugin,
     SlidingWindowPlugin,
 )
-from cblab_teach.plugins.kv_quant import dequantize, quantize
+from cblab_teach.plugins.kv_quant import dequantize, quantize, teacher_forced_logits
 from cblab_teach.workloads import make_workload, serve_with_urgent_arrivals
 
 from .helpers import run_alone
@@ -399,19 +398,8 @@ def test_int8_kv_keeps_outputs_close(model32):
     agree = sum(a == b for p, q in zip(plain, quant) for a, b in zip(p, q))
     assert agree / total >= 0.9
     # teacher-forced: the same prefill through both pools, logits compared position by position
-    prompts = w.prompts[:3]
-    logits = []
-    for quantized in (False, True):
-        engine = Engine(model32, EngineConfig(max_tokens_per_step=256, prefill_chunk_size=64))
-        if quantized:
-            KVQuantizationPlugin().install(engine.kv)
-        for p in prompts:
-            engine.add_request(p, 1)
-        plan = engine.scheduler.plan(engine.running, engine.waiting, engine.kv)
-        engine._admit(plan)
-        for c in plan.chunks:
-            engine.kv.ensure(c.request_id, c.end)
-        logits.append(model32(build_batch(plan, engine.requests), engine.kv, all_logits=True))
+    forced = EngineConfig(max_tokens_per_step=256, prefill_chunk_size=64)
+    logits = [teacher_forced_logits(model32, forced, w.prompts[:3], quantized) for quantized in (False, True)]
     rel = (logits[1] - logits[0]).norm() / logits[0].norm()
     assert 0 < rel < 0.02  # changed (the store really is int8), but only a little
 

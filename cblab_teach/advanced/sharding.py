@@ -41,16 +41,15 @@ prefill and split-KV decoding moves partials (``benchmarks/bench_sharding.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from ..attention.masked import expand_kv_heads
-from ..attention.paged import gather_by_flatten, gather_from_block_table
 from ..core.batch_builder import RaggedBatch, batch_mask
 from ..errors import ConfigError
-from ..plugins.base import AttentionPlugin
+from ..plugins.base import AttentionFn, AttentionPlugin
 
 if TYPE_CHECKING:
     from ..model.tiny_lm import StepContext
@@ -271,15 +270,8 @@ class ShardedAttentionPlugin(AttentionPlugin):
         self.max_abs_error = 0.0
         self.keys_per_shard = [0] * num_shards  # keys each shard attended over, summed over calls
 
-    def attend(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        ctx: StepContext,
-        default: Callable[[int, torch.Tensor, StepContext], torch.Tensor],
-    ) -> torch.Tensor:
-        gather = gather_by_flatten if ctx.via_flatten else gather_from_block_table
-        k, v = gather(ctx.cache, layer, ctx.batch)
+    def attend(self, layer: int, q: torch.Tensor, ctx: StepContext, default: AttentionFn) -> torch.Tensor:
+        k, v = ctx.keys_values(layer)
         block_size = self.block_size or getattr(ctx.cache, "block_size", 16)
         shard = key_shards(ctx.batch, self.num_shards, self.mode, block_size)
         counts = torch.bincount(shard, minlength=self.num_shards).tolist()

@@ -64,6 +64,13 @@ class StepContext:
             self._read_slots = self.cache.slots(b.request_ids, b.key_seq_ids, b.key_positions)
         return self._read_slots
 
+    def keys_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every key and value the batch reads at ``layer``, in batch order: the one read the default
+        attention and every attention plugin share (by flatten, or by slot with :attr:`read_slots`)."""
+        if self.via_flatten:
+            return gather_by_flatten(self.cache, layer, self.batch)
+        return self.cache.read(layer, self.read_slots)
+
 
 class TinyLM(nn.Module):
     """Embedding, RoPE, RMSNorm, (grouped-query) attention, SwiGLU, LM head."""
@@ -134,10 +141,7 @@ class TinyLM(nn.Module):
     @staticmethod
     def attend_cached(layer: int, q: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Default attention: this step's queries against every cached + new key of their request."""
-        if ctx.via_flatten:
-            k, v = gather_by_flatten(ctx.cache, layer, ctx.batch)
-        else:  # gather_from_block_table, with the slots shared by all layers
-            k, v = ctx.cache.read(layer, ctx.read_slots)
+        k, v = ctx.keys_values(layer)
         if ctx.impl == "ragged":
             return ragged_attention(q, k, v, ctx.batch)
         return segmented_attention(q, k, v, ctx.batch, ctx.layout)

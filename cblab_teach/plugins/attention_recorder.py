@@ -9,15 +9,14 @@ same queries and the same gathered keys, with the same masked softmax
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..attention.masked import attention_probs, expand_kv_heads
-from ..attention.paged import gather_by_flatten, gather_from_block_table
 from ..core.batch_builder import PlanLayout, batch_mask
-from .base import AttentionPlugin, SchedulerPlugin
+from .base import AttentionFn, AttentionPlugin, SchedulerPlugin
 
 if TYPE_CHECKING:
     from ..core.engine import Engine
@@ -43,13 +42,7 @@ class AttentionRecorder(AttentionPlugin, SchedulerPlugin):
         self._step = len(engine.records)
         self._told_step = True
 
-    def attend(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        ctx: StepContext,
-        default: Callable[[int, torch.Tensor, StepContext], torch.Tensor],
-    ) -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, ctx: StepContext, default: AttentionFn) -> torch.Tensor:
         if layer == 0 and not self._told_step:
             self._step += 1  # used outside an Engine: count forwards instead
         step = self._step
@@ -71,8 +64,7 @@ class AttentionRecorder(AttentionPlugin, SchedulerPlugin):
     @staticmethod
     def probabilities(layer: int, q: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """``[heads, N, M]``: every query of the step against every key of the step's requests."""
-        gather = gather_by_flatten if ctx.via_flatten else gather_from_block_table
-        k, _ = gather(ctx.cache, layer, ctx.batch)
+        k, _ = ctx.keys_values(layer)
         k = expand_kv_heads(k, q.shape[-2])
         scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
         return attention_probs(scores, batch_mask(ctx.batch)[None]).detach().float().cpu()

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from ..core.request import Request
     from ..model.tiny_lm import StepContext
 
+# An attention function: (layer, queries [N, heads, head_dim], step context) -> output of the same shape.
+AttentionFn = Callable[[int, torch.Tensor, "StepContext"], torch.Tensor]
+
 
 class Plugin:
     """Common base: a readable name for error messages."""
@@ -50,13 +53,7 @@ class SchedulerPlugin(Plugin):
 
 
 class AttentionPlugin(Plugin):
-    def attend(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        ctx: StepContext,
-        default: Callable[[int, torch.Tensor, StepContext], torch.Tensor],
-    ) -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, ctx: StepContext, default: AttentionFn) -> torch.Tensor:
         """Return the attention output ``[N, heads, head_dim]``; by default, the engine's own."""
         return default(layer, q, ctx)
 

@@ -106,3 +106,21 @@ class KVQuantizationPlugin(SchedulerPlugin):
     def before_step(self, engine: Engine) -> None:
         if self.installed_on is not engine.kv:
             self.install(engine.kv)
+
+
+def teacher_forced_logits(model, config, prompts: list[list[int]], quantized: bool) -> torch.Tensor:
+    """Logits at every prompt position after one prefill of ``prompts`` (all in one step) through a fresh pool,
+    int8 if ``quantized``: the same inputs through both pools, so the difference is the quantisation alone."""
+    from ..core.batch_builder import build_batch
+    from ..core.engine import Engine
+
+    engine = Engine(model, config)
+    if quantized:
+        KVQuantizationPlugin().install(engine.kv)
+    for p in prompts:
+        engine.add_request(p, 1)
+    plan = engine.scheduler.plan(engine.running, engine.waiting, engine.kv)
+    engine._admit(plan)
+    for c in plan.chunks:
+        engine.kv.ensure(c.request_id, c.end)
+    return model(build_batch(plan, engine.requests), engine.kv, all_logits=True)

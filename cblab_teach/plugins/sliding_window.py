@@ -17,17 +17,15 @@ is in use. ``released_blocks`` counts the blocks handed back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..attention.masked import masked_attention
-from ..attention.paged import gather_by_flatten, gather_from_block_table
 from ..core.batch_builder import batch_mask
 from ..core.kv_cache import PagedAllocator
 from ..errors import ConfigError
-from .base import AttentionPlugin, SchedulerPlugin
+from .base import AttentionFn, AttentionPlugin, SchedulerPlugin
 
 if TYPE_CHECKING:
     from ..core.engine import Engine, StepRecord
@@ -60,16 +58,9 @@ class SlidingWindowPlugin(AttentionPlugin, SchedulerPlugin):
         """K/V slots of a ``length``-token sequence that its next token will never read."""
         return max(0, length + 1 - self.window - self.sink)
 
-    def attend(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        ctx: StepContext,
-        default: Callable[[int, torch.Tensor, StepContext], torch.Tensor],
-    ) -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, ctx: StepContext, default: AttentionFn) -> torch.Tensor:
         batch = ctx.batch
-        gather = gather_by_flatten if ctx.via_flatten else gather_from_block_table
-        k, v = gather(ctx.cache, layer, batch)
+        k, v = ctx.keys_values(layer)
         causal = batch_mask(batch)
         mask = causal & window_mask(batch.positions, batch.key_positions, self.window, self.sink)
         if layer == 0:
