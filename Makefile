@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lab test test-fast notebooks bench bench-quick check site lint clean
+.PHONY: install lab lab-command test test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutants
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +13,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# JupyterLab settings of the course's own environment (the news prompt off): kept in the repository
+OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(OVERRIDES): scripts/jupyterlab-overrides.json $(STAMP)
+	mkdir -p $(dir $@) && cp $< $@
 
-lab: install  # --allow-root only where it is needed (containers run as root)
-	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
+install: $(STAMP) $(OVERRIDES)
 
+# Serve the repository root (so notebooks can link to exercises/, solutions/, docs/) and open notebook 00:
+# default_url is both the page the browser opens and the URL the server prints. tests/browser run this line.
+LAB_NOTEBOOK := notebooks/00_start_here.ipynb
+LAB_CMD = $(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(LAB_NOTEBOOK) \
+	$(if $(filter 0,$(shell id -u)),--allow-root)  # --allow-root only where it is needed (containers run as root)
+lab: install
+	$(LAB_CMD)
+
+lab-command:  # print make lab's command line
+	@echo '$(LAB_CMD)'
+
+# the suite's checks never touch the learner's progress file
+test test-fast: export CBLAB_TEACH_PROGRESS := off
 test: install
 	$(PY) -m pytest tests -q
 	@nbs=$$(ls notebooks/*.ipynb solutions/*.ipynb exercises/*.ipynb 2>/dev/null); \
-	if [ -n "$$nbs" ]; then $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg $$nbs; fi
+	if [ -n "$$nbs" ]; then $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_no_warnings --nbval-lax \
+		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $$nbs; fi
 
 test-fast: install
 	$(PY) -m pytest tests -q -m "not browser and not slow"
@@ -36,8 +51,27 @@ bench-quick: install
 check: install
 	$(PY) -m cblab_teach.checks $(EX)
 
+progress: install  # the course map with what you have passed (~/.cblab_teach/progress.json); ARGS=--reset forgets it
+	@$(PY) -c "import sys; from cblab_teach.progress import main; sys.exit(main(sys.argv[1:]))" $(ARGS)
+
 site: install
 	$(PY) scripts/build_site.py
+
+slides: install  # offline reveal.js decks of every notebook in site/slides/ (make site links them)
+	$(PY) scripts/build_slides.py
+
+grade: install  # grade a class: make grade DIR=submitted (DIR/<learner>/<exercise>.ipynb)
+	@test -n "$(DIR)" || { echo "usage: make grade DIR=folder-of-learner-folders"; exit 2; }
+	$(PY) -m cblab_teach.checks grade $(DIR)
+
+fuzz: install  # fresh seeds, many examples; prints the shrunk failing example and its seed (minutes, not CI)
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "hypothesis seed $$seed (rerun: make fuzz SEED=$$seed)"; \
+	CBLAB_HYPOTHESIS_PROFILE=fuzz CBLAB_PROPERTY_EXAMPLES=$${EXAMPLES:-2000} nice -n 19 $(PY) -m pytest tests/test_properties.py \
+		-q -p no:cacheprovider --hypothesis-seed=$$seed --hypothesis-show-statistics
+
+mutants: install  # mutation testing of the core against the fast tests (tests/README.md); not in CI
+	$(PY) -m pip install -q -e ".[mutants]"
+	CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2; $(VENV)/bin/mutmut results | grep -c survived
 
 lint: install
 	$(VENV)/bin/ruff check cblab_teach tests benchmarks scripts

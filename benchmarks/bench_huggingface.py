@@ -10,6 +10,10 @@ the same greedy workload, timed side by side:
   ``max_new_tokens``; its warm-up is left out of the timing.
 
 Every request's generated ids are compared with the engine's.
+
+A second part sweeps the benchmark model at 16, 64 and 256 concurrent requests (engine vs HF continuous
+batching, interleaved repeats, every run's time kept so the spread shows), and measures in the same run the
+matmul-only limit of the engine's own steps: the engine's time as a multiple of it says how much is left.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import plotly.graph_objects as go
 import torch
 
 from cblab_teach import Engine, EngineConfig, TinyLM
+from cblab_teach.monitoring.step_profile import matmul_limit_s, step_shapes
 from cblab_teach.workloads import make_workload
 
 from .common import VOCAB, hf_llama_config, timed_call
@@ -137,6 +142,86 @@ def compare(hf, workload, batch_size: int, budget: int, repeats: int, defaults: 
     }
 
 
+def sweep_sizes(quick: bool) -> dict:
+    """Concurrency sweep on the benchmark model: ``c`` requests arrive together, at most ``c`` run at once."""
+    if quick:
+        return dict(concurrency=(4,), prompt_len=(4, 12), new_tokens=(2, 12), repeats=1)
+    return dict(concurrency=(16, 64, 256), prompt_len=(8, 48), new_tokens=(4, 96), repeats=3)
+
+
+def concurrency_sweep(quick: bool) -> tuple[dict, list[dict], go.Figure]:
+    """Engine vs HF continuous batching (pool sized, no warm-up) at each concurrency, interleaved, plus the
+    matmul-only limit of the engine's own steps (:func:`matmul_limit_s`) measured in the same run."""
+    from transformers import LlamaForCausalLM
+
+    s = sweep_sizes(quick)
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(hf_llama_config(quick)).eval()
+    model = TinyLM.from_hf(hf).eval()
+    metrics: dict = {}
+    table: list[dict] = []
+    fig = go.Figure()
+    for c in s["concurrency"]:
+        w = make_workload(c, s["prompt_len"], s["new_tokens"], vocab_size=VOCAB, seed=1, long_tail=True)
+        config = EngineConfig(max_tokens_per_step=BUDGET, prefill_chunk_size=64, max_running=c)
+        Engine(model, config).generate(w.prompts[:2], 2)
+        ours_t, cb_t, ours_cpu = [], [], []
+        for _ in range(s["repeats"]):  # interleaved: both see the same load
+            engine = Engine(model, config)
+            start = time.process_time()
+            ours, secs = timed_call(engine.generate, w.prompts, w.max_new_tokens)
+            ours_cpu.append(time.process_time() - start)
+            ours_t.append(secs)
+            cb, secs = hf_continuous(hf, w.prompts, w.max_new_tokens, BUDGET)
+            cb_t.append(secs)
+        limit = matmul_limit_s(model, step_shapes(engine.records))
+        # CPU time of this process only: steadier than wall time when other jobs share the cores
+        limit_cpu = matmul_limit_s(model, step_shapes(engine.records), clock=time.process_time)
+        same = sum(x == y for a, b in zip(ours, cb) for x, y in zip(a, b)) / w.total_new_tokens
+        ours_s, cb_s = min(ours_t), min(cb_t)
+        metrics.update(
+            {
+                f"c{c}_output_tokens": w.total_new_tokens,
+                f"c{c}_engine_throughput_tok_s": w.total_new_tokens / ours_s,
+                f"c{c}_hf_generate_batch_throughput_tok_s": w.total_new_tokens / cb_s,
+                f"c{c}_speedup_vs_generate_batch": cb_s / ours_s,
+                f"c{c}_speedup_spread_low": min(cb_t) / max(ours_t),
+                f"c{c}_speedup_spread_high": max(cb_t) / min(ours_t),
+                f"c{c}_identical_tokens_vs_generate_batch": same,
+                f"c{c}_matmul_limit_s": limit,
+                f"c{c}_engine_over_matmul_limit": ours_s / limit,
+                f"c{c}_engine_cpu_over_matmul_limit_cpu": min(ours_cpu) / limit_cpu,
+            }
+        )
+        table.append(
+            {
+                "concurrent requests": c,
+                "output tokens": w.total_new_tokens,
+                "Engine s (runs)": " / ".join(f"{t:.3f}" for t in ours_t),
+                "HF generate_batch s (runs)": " / ".join(f"{t:.3f}" for t in cb_t),
+                "Engine speedup (fastest runs)": f"{cb_s / ours_s:.2f}x",
+                "speedup range over runs": f"{min(cb_t) / max(ours_t):.2f}-{max(cb_t) / min(ours_t):.2f}x",
+                "tokens identical": f"{same:.1%}",
+                "matmul-only limit s": round(limit, 3),
+                "Engine / limit": f"{ours_s / limit:.2f}x",
+                "Engine CPU / limit CPU": f"{min(ours_cpu) / limit_cpu:.2f}x",
+            }
+        )
+    xs = [str(c) for c in s["concurrency"]]
+    fig.add_bar(name="Engine", x=xs, y=[metrics[f"c{c}_engine_throughput_tok_s"] for c in s["concurrency"]])
+    hf_tok_s = [metrics[f"c{c}_hf_generate_batch_throughput_tok_s"] for c in s["concurrency"]]
+    fig.add_bar(name="HF generate_batch", x=xs, y=hf_tok_s)
+    limit_tok_s = [metrics[f"c{c}_output_tokens"] / metrics[f"c{c}_matmul_limit_s"] for c in s["concurrency"]]
+    fig.add_scatter(name="matmul-only limit", x=xs, y=limit_tok_s, mode="lines+markers")
+    fig.update_layout(
+        title="benchmark model: throughput by concurrency, and the matmul-only limit (tok/s)",
+        xaxis_title="concurrent requests",
+        yaxis_title="tok/s",
+        barmode="group",
+    )
+    return metrics, table, fig
+
+
 def run(quick: bool = False) -> dict:
     """Two model sizes: a tiny one where per-step framework cost dominates, and the benchmark model."""
     from transformers import LlamaForCausalLM
@@ -222,4 +307,6 @@ def run(quick: bool = False) -> dict:
         yaxis_title="tok/s",
         barmode="group",
     )
-    return {"name": "huggingface", "metrics": metrics, "figures": [fig], "table": table}
+    sweep_metrics, sweep_table, sweep_fig = concurrency_sweep(quick)
+    metrics.update(sweep_metrics)
+    return {"name": "huggingface", "metrics": metrics, "figures": [fig, sweep_fig], "table": table + sweep_table}

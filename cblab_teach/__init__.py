@@ -27,6 +27,7 @@ from .errors import (
     UnknownRequestError,
 )
 from .model import ModelConfig, TinyLM
+from .progress import progress  # the course map with what you have passed: cblab_teach.progress()
 
 __version__ = "0.1.0"
 
@@ -54,5 +55,6 @@ __all__ = [
     "TinyLM",
     "UnknownRequestError",
     "build_batch",
+    "progress",
     "ragged_causal_mask",
 ]

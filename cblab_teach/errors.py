@@ -31,3 +31,15 @@ class CapacityError(KVCacheError, RequestError):
 
 class PluginError(CBLabError):
     """A plugin raised; the message names the plugin and the hook."""
+
+
+class AdapterError(CBLabError, ValueError):
+    """A LoRA adapter is malformed or does not fit the model (rank, shapes, target names)."""
+
+
+class UnknownAdapterError(AdapterError, RequestError):
+    """A request names an adapter the engine was never given."""
+
+
+class DuplicateAdapterError(AdapterError):
+    """An adapter name is already registered with the engine."""

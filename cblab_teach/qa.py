@@ -5,8 +5,9 @@ in English and Chinese. ``number`` (1-based position) and ``topic`` (a slug of
 the English section name) are shared by both languages, so a question, its
 notebook cell and its quiz demo line up whatever the language.
 
-The Chinese file is not perfectly formed Markdown (some questions miss their
-closing ``**``), so the parser keys on the ``Q:`` / ``问：`` and ``A:`` / ``答：``
+The files in ``docs/`` close their bold, but the original Chinese Q&A they were
+edited from left thirteen questions without a closing ``**``, and hand edits can
+do it again. So the parser keys on the ``Q:`` / ``问：`` and ``A:`` / ``答：``
 labels and strips emphasis markers around them, instead of trusting the bold.
 """
 

@@ -34,6 +34,11 @@ EXERCISES = REPO / "exercises"
 BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "# HINT:"
 DEFAULT_HINT = "write your solution here (the explanation above says what it must do)"
 RAISES = "raises-exception"
+PATTERNS = ("ex*.ipynb", "capstone*.ipynb")  # the exercises, then the capstone built from them
+
+
+def _notebooks(folder: Path) -> list[Path]:
+    return sorted(p for pattern in PATTERNS for p in folder.glob(pattern))
 
 
 def stub_source(source: str) -> tuple[str, bool]:
@@ -113,7 +118,7 @@ def render_exercise(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def expected_files() -> dict[str, str]:
     """exercise file name -> the text it should hold."""
     out = {}
-    for path in sorted(SOLUTIONS.glob("ex*.ipynb")):
+    for path in _notebooks(SOLUTIONS):
         nb = nbformat.read(path, as_version=4)
         out[path.name] = nbformat.writes(render_exercise(nb)) + "\n"
     return out
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report drift; write nothing")
     args = parser.parse_args(argv)
     wanted = expected_files()
-    present = {p.name for p in EXERCISES.glob("ex*.ipynb")}
+    present = {p.name for p in _notebooks(EXERCISES)}
     drift = sorted(
         n for n, text in wanted.items() if not (EXERCISES / n).exists() or (EXERCISES / n).read_text() != text
     )

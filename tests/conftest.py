@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from cblab_teach import ModelConfig, TinyLM
 from cblab_teach.workloads import make_workload
+
+os.environ["CBLAB_TEACH_PROGRESS"] = "off"  # checks run by tests never write the learner's progress file
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,11 +148,14 @@ class ExplodingCache(RaisesOnce, CachePlugin):
         self._maybe_raise("after_append")
 
 
-def serve_with(plugin, finishing_request: bool = False) -> Callable[[Ctx], None]:
-    """Add ``plugin`` to the serving engine and step until it raises (a short request makes one finish)."""
+def serve_with(make_plugin: Callable[[], object], finishing_request: bool = False) -> Callable[[Ctx], None]:
+    """Add a fresh plugin to the serving engine and step until it raises (a short request makes one finish).
+
+    A new plugin per run: one that has already fired would not raise again when the test runs twice in a process.
+    """
 
     def trigger(ctx: Ctx) -> None:
-        ctx.engine.add_plugin(plugin)
+        ctx.engine.add_plugin(make_plugin())
         if finishing_request:
             ctx.engine.add_request([7, 7], 1)
         for _ in range(20):
@@ -197,6 +201,27 @@ def grow(cache, reserve: int, to: int, keep_promise: bool = True) -> None:
     cache.ensure(0, to)
 
 
+class ForgetfulCache(RaisesOnce, CachePlugin):
+    """An observer that forgets to hand the K/V back, once."""
+
+    def __init__(self) -> None:
+        super().__init__("before_append")
+
+    def before_append(self, layer, k, v, batch):
+        if not self.fired:
+            self.fired = True
+            return None
+        return k, v
+
+
+class TrimmingCache(ForgetfulCache):
+    def before_append(self, layer, k, v, batch):
+        if not self.fired:
+            self.fired = True
+            return k[1:], v[1:]
+        return k, v
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 ROWS = [
@@ -211,6 +236,18 @@ ROWS = [
         r"attention must be one of .*got 'flash'"),
     Row("engine: preemption needs paged", lambda c: EngineConfig(kv_layout="dense", preemption=True), ConfigError,
         r"preemption=True needs kv_layout='paged', got 'dense'"),
+    Row("engine: preemption mode not known yet", lambda c: EngineConfig(preemption="swap"), ConfigError,
+        r"EngineConfig\.preemption must be one of \(False, True, 'recompute'\), got 'swap'"),
+    Row("engine: preemption=1", lambda c: EngineConfig(preemption=1), ConfigError,
+        r"EngineConfig\.preemption must be one of .*got 1$"),
+    Row("engine: preemption=None", lambda c: EngineConfig(preemption=None), ConfigError,
+        r"EngineConfig\.preemption must be one of .*got None$"),
+    Row("engine: prefix caching is a string", lambda c: EngineConfig(enable_prefix_caching="no"), ConfigError,
+        r"EngineConfig\.enable_prefix_caching must be one of \(False, True\), got 'no'"),
+    Row("engine: prefix caching is 1", lambda c: EngineConfig(enable_prefix_caching=1), ConfigError,
+        r"EngineConfig\.enable_prefix_caching must be one of \(False, True\), got 1$"),
+    Row("engine: draft model is not a model", lambda c: Engine(c.model, EngineConfig(speculative="draft"),
+        draft_model="tiny"), ConfigError, r"draft_model must be a TinyLM, got 'tiny'"),
     Row("engine: negative eos id", lambda c: EngineConfig(eos_token_id=-1), ConfigError,
         r"eos_token_id must be None or a token id >= 0, got -1"),
     Row("engine: draft without a draft model", lambda c: Engine(c.model, EngineConfig(speculative="draft")),
@@ -226,6 +263,8 @@ ROWS = [
         r"num_heads=4 is not a multiple of num_kv_heads=3"),
     Row("model: odd head_dim", lambda c: ModelConfig(hidden_size=12, num_heads=4), ConfigError,
         r"head_dim=3 must be even for RoPE"),
+    Row("model: zero head_dim", lambda c: ModelConfig(head_dim=0), ConfigError,
+        r"ModelConfig\.head_dim must be None or a positive int, got 0"),
     Row("model: integer dtype", lambda c: ModelConfig(dtype=torch.int64), ConfigError,
         r"dtype must be a floating torch.dtype, got torch.int64"),
     Row("model: zero vocabulary", lambda c: ModelConfig(vocab_size=0), ConfigError,
@@ -247,6 +286,17 @@ ROWS = [
     Row("request: negative id", add(prompt_ids=[-1, 2]), RequestError, r"token ids \[-1\] are outside"),
     Row("request: prompt is not ids", add(prompt_ids="abc"), RequestError,
         r"prompt_ids must be a sequence of ints, got 'abc'"),
+    Row("request: float token ids", add(prompt_ids=[1.5, 2.0]), RequestError,
+        r"request 1: token ids must be integers, got 1\.5 \(float\) at prompt_ids\[0\]"),
+    Row("request: a whole float is still a float", add(prompt_ids=[4, 2.0]), RequestError,
+        r"got 2\.0 \(float\) at prompt_ids\[1\]"),
+    Row("request: string token id", add(prompt_ids=[4, "3"]), RequestError, r"got '3' \(str\) at prompt_ids\[1\]"),
+    Row("request: bool token id", add(prompt_ids=[True, 2]), RequestError, r"got True \(bool\) at prompt_ids\[0\]"),
+    Row("request: numpy float id", add(prompt_ids=np.array([3.0, 1.0])), RequestError,
+        r"got np\.float64\(3\.0\) \(float64\) at prompt_ids\[0\]"),
+    Row("request: torch float ids", add(prompt_ids=torch.tensor([3.5, 1.0])), RequestError,
+        r"got tensor\(3\.5000\) \(Tensor\) at prompt_ids\[0\]"),
+    Row("request: None as a token id", add(prompt_ids=[1, None]), RequestError, r"got None \(NoneType\)"),
     Row("request: zero max_new_tokens", add(max_new_tokens=0), RequestError,
         r"max_new_tokens must be an int >= 1, got 0"),
     Row("request: negative max_new_tokens", add(max_new_tokens=-3), RequestError,
@@ -295,18 +345,23 @@ ROWS = [
     Row("paged: empty pool", lambda c: paged(num_blocks=0), ConfigError,
         r"num_blocks and block_size must be >= 1, got 0 and 4"),
     # plugins
-    Row("plugin raises in before_step", serve_with(Exploding("before_step")), PluginError,
+    Row("plugin raises in before_step", serve_with(lambda: Exploding("before_step")), PluginError,
         r"plugin Exploding\.before_step\(\) raised RuntimeError: boom"),
-    Row("plugin raises in after_step", serve_with(Exploding("after_step")), PluginError,
+    Row("plugin raises in after_step", serve_with(lambda: Exploding("after_step")), PluginError,
         r"plugin Exploding\.after_step\(\) raised RuntimeError: boom"),
-    Row("plugin raises in on_request_completion", serve_with(Exploding("on_request_completion"), True), PluginError,
+    Row("plugin raises in on_request_completion", serve_with(lambda: Exploding("on_request_completion"), True),
+        PluginError,
         r"plugin Exploding\.on_request_completion\(\) raised RuntimeError: boom"),
-    Row("plugin raises in attend", serve_with(ExplodingAttention()), PluginError,
+    Row("plugin raises in attend", serve_with(lambda: ExplodingAttention()), PluginError,
         r"plugin ExplodingAttention\.attend\(\) raised RuntimeError: boom"),
-    Row("plugin raises in before_append", serve_with(ExplodingCache("before_append")), PluginError,
+    Row("plugin raises in before_append", serve_with(lambda: ExplodingCache("before_append")), PluginError,
         r"plugin ExplodingCache\.before_append\(\) raised RuntimeError: boom"),
-    Row("plugin raises in after_append", serve_with(ExplodingCache("after_append")), PluginError,
+    Row("plugin raises in after_append", serve_with(lambda: ExplodingCache("after_append")), PluginError,
         r"plugin ExplodingCache\.after_append\(\) raised RuntimeError: boom"),
+    Row("plugin: before_append returns None", serve_with(lambda: ForgetfulCache()), PluginError,
+        r"plugin ForgetfulCache\.before_append\(\) must return the \(k, v\) to store, got None"),
+    Row("plugin: before_append drops a token", serve_with(lambda: TrimmingCache()), PluginError,
+        r"plugin TrimmingCache\.before_append\(\) changed the K/V shapes"),
     Row("add_plugin: not a plugin", lambda c: c.engine.add_plugin(object()), PluginError,
         r"<object object at .*> is not a SchedulerPlugin, AttentionPlugin or CachePlugin"),
     Row("add_plugin: the class, not an instance", lambda c: c.engine.add_plugin(SchedulerPlugin), PluginError,
@@ -381,3 +436,23 @@ def test_a_rejected_request_leaves_no_trace(model) -> None:
             engine.add_request(**(dict(max_new_tokens=2) | bad))
     assert list(engine.requests) == [0] and [r.request_id for r in engine.waiting] == [0]
     assert engine.add_request([3], 2) == 1
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        [3, 1, 4],
+        [np.int64(3), np.int32(1), np.uint8(4)],
+        np.array([3, 1, 4]),
+        torch.tensor([3, 1, 4]),
+        [torch.tensor(3), torch.tensor(1, dtype=torch.int32), torch.tensor(4, dtype=torch.uint8)],
+        (3, 1, 4),
+    ],
+    ids=["python", "numpy scalars", "numpy array", "torch tensor", "torch scalars", "tuple"],
+)
+def test_integer_token_ids_of_any_kind_are_accepted(model, alone, prompt) -> None:
+    engine = Engine(model, SERVING)
+    rid = engine.add_request(prompt, 4)
+    assert engine.request(rid).prompt_ids == [3, 1, 4] and all(type(t) is int for t in engine.request(rid).prompt_ids)
+    engine.run()
+    assert engine.output(rid) == alone([3, 1, 4], 4)

@@ -84,6 +84,21 @@ def test_scaling_reports_every_size(results):
     assert all(m[f"plan_{n}_requests_us"] > 0 for n in (1, 16, 64))
 
 
+def test_disaggregated_counts_the_kv_it_moves(results):
+    from benchmarks.common import model_config
+
+    m, c = results["disaggregated"]["metrics"], model_config(quick=True)
+    assert m["outputs_identical_share"] == 1.0
+    assert m["kv_bytes_per_prompt_token"] == 2 * c.num_layers * c.kv_heads * c.head_dim * 4  # K and V, float32
+    assert m["colocated_tpot_p90_ms"] > 0 and m["disaggregated_ttft_long_p50_ms"] > 0
+
+
+def test_lora_batches_adapters_together(results):
+    m = results["lora"]["metrics"]
+    assert m["outputs_identical_share"] == 1.0  # batched deltas == each adapter merged into its own model
+    assert m["mixed_steps"] < m["separate_steps"]  # one engine's steps serve every adapter at once
+
+
 def test_ideal_bound_by_hand():
     # batches [5, 1] and [1, 1]: 5 + 1 static steps; 2 slots: 5 | 1+1+1, so 5 continuous steps
     assert static_steps([5, 1, 1, 1], 2) == 6
@@ -112,6 +127,7 @@ def test_percentile_matches_definition():
 
 def test_runner_discovers_and_survives_a_failing_benchmark(tmp_path, monkeypatch):
     core = {"continuous_vs_static", "huggingface", "overhead", "kv_memory", "scaling", "advanced", "plugins"}
+    core |= {"disaggregated", "lora"}
     assert core <= set(runner.discover())
     broken = runner.run_one("no_such_benchmark", quick=True)
     assert broken["error"] and "ModuleNotFoundError" in broken["error"]

@@ -15,6 +15,7 @@ import torch
 from cblab_teach.checks import EXERCISES, CheckResult, UnknownExerciseError, check
 from cblab_teach.errors import CBLabError
 from cblab_teach.plugins.base import SchedulerPlugin
+from tests.test_checks_build import BUILD_CORRECT, BUILD_WRONG
 
 NAMES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "solutions").glob("ex*.ipynb"))
 
@@ -384,6 +385,7 @@ CORRECT = {
     "ex07_priority_plugin": PriorityOk,
     "ex08_ttft_tpot": metrics_ok,
     "ex09_lse_merge": merge_ok,
+    **BUILD_CORRECT,
 }
 
 WRONG = {
@@ -424,11 +426,12 @@ WRONG = {
         metrics_tpot_zero_for_one_token,
     ],
     "ex09_lse_merge": [merge_plain_average, merge_naive_exp, merge_nan_on_empty_rows, merge_unnormalised],
+    **BUILD_WRONG,
 }
 
 
 def test_every_exercise_is_registered():
-    assert list(EXERCISES) == NAMES and len(NAMES) >= 9  # one check per solution notebook
+    assert list(EXERCISES) == NAMES and len(NAMES) >= 14  # one check per solution notebook
     assert set(CORRECT) == set(WRONG) == set(NAMES)
     assert all(len(wrong) >= 3 for wrong in WRONG.values())
 

@@ -1,7 +1,13 @@
-"""The test that proves continuous batching: batched == alone == Hugging Face."""
+"""The test that proves continuous batching: batched == alone == an independent recompute == Hugging Face.
+
+The reference for every batched run is ``tests/reference.py``: greedy decoding by full recompute over the
+same weights, with no cache and the causal mask written directly, so a bug shared by the batched and the
+alone engine (a broken default mask, say) cannot make both agree.
+"""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -14,6 +20,7 @@ from cblab_teach.core.request import Request
 from cblab_teach.core.scheduler import ScheduledChunk, StepPlan
 
 from .helpers import hf_llama, run_alone
+from .reference import full_logits, greedy
 
 SETTINGS = [
     dict(max_tokens_per_step=b, prefill_chunk_size=c, kv_layout=kv, block_size=bs, num_blocks=64)
@@ -22,8 +29,41 @@ SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def alone(model64, workload):
-    return [run_alone(model64, p, n) for p, n in zip(workload.prompts, workload.max_new_tokens)]
+def sharp64(model64) -> TinyLM:
+    """model64 with its weights scaled 5x: at the default init the greedy tokens hardly depend on earlier
+    tokens (change the first prompt token and no output changes), so a broken causal mask would go unseen.
+    Here every output of the workload changes with its first token."""
+    model = copy.deepcopy(model64)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(5.0)
+    return model
+
+
+def test_outputs_depend_on_the_whole_context(sharp64, workload):
+    for p, n in zip(workload.prompts, workload.max_new_tokens):
+        assert greedy(sharp64, p, n) != greedy(sharp64, [(p[0] + 1) % 97, *p[1:]], n)
+
+
+@pytest.fixture(scope="module")
+def alone(sharp64, workload):
+    """Independent of the engine: full recompute, no cache."""
+    return [greedy(sharp64, p, n) for p, n in zip(workload.prompts, workload.max_new_tokens)]
+
+
+def test_the_engine_alone_equals_the_recompute_reference(sharp64, workload, alone):
+    assert [run_alone(sharp64, p, n) for p, n in zip(workload.prompts, workload.max_new_tokens)] == alone
+    assert len({tuple(o) for o in alone}) >= 5  # different prompts, different outputs: a mix-up would show
+
+
+def test_the_reference_matches_huggingface_logits():
+    """The reference itself is checked against an implementation we did not write."""
+    hf = hf_llama(2)
+    prompt = [3, 14, 15, 92, 65, 35, 89, 79, 1, 2]
+    torch.testing.assert_close(
+        full_logits(TinyLM.from_hf(hf), prompt), hf(torch.tensor([prompt])).logits[0], rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -31,21 +71,21 @@ def alone(model64, workload):
     SETTINGS,
     ids=lambda c: f"b{c['max_tokens_per_step']}-c{c['prefill_chunk_size']}-{c['kv_layout']}-bs{c['block_size']}",
 )
-def test_batched_equals_alone(model64, workload, alone, cfg):
-    out = Engine(model64, EngineConfig(**cfg)).generate(workload.prompts, workload.max_new_tokens)
+def test_batched_equals_alone(sharp64, workload, alone, cfg):
+    out = Engine(sharp64, EngineConfig(**cfg)).generate(workload.prompts, workload.max_new_tokens)
     assert out == alone
 
 
 @pytest.mark.parametrize(
     "attention,kv_read", [("ragged", "block_table"), ("segmented", "flatten"), ("ragged", "flatten")]
 )
-def test_every_attention_path_gives_the_same_tokens(model64, workload, alone, attention, kv_read):
+def test_every_attention_path_gives_the_same_tokens(sharp64, workload, alone, attention, kv_read):
     cfg = EngineConfig(max_tokens_per_step=9, prefill_chunk_size=4, attention=attention, kv_read=kv_read, block_size=4)
-    assert Engine(model64, cfg).generate(workload.prompts, workload.max_new_tokens) == alone
+    assert Engine(sharp64, cfg).generate(workload.prompts, workload.max_new_tokens) == alone
 
 
-def test_requests_arriving_mid_run_get_their_alone_output(model64, workload, alone):
-    engine = Engine(model64, EngineConfig(max_tokens_per_step=6, prefill_chunk_size=3, block_size=2))
+def test_requests_arriving_mid_run_get_their_alone_output(sharp64, workload, alone):
+    engine = Engine(sharp64, EngineConfig(max_tokens_per_step=6, prefill_chunk_size=3, block_size=2))
     ids = {}
     for i, (p, n) in enumerate(zip(workload.prompts, workload.max_new_tokens)):
         ids[i] = engine.add_request(p, n)
@@ -56,11 +96,11 @@ def test_requests_arriving_mid_run_get_their_alone_output(model64, workload, alo
     assert [engine.output(ids[i]) for i in range(len(ids))] == alone
 
 
-def test_output_does_not_depend_on_batch_neighbours(model64):
+def test_output_does_not_depend_on_batch_neighbours(sharp64):
     target = [5, 17, 3, 3, 60, 2]
-    ref = run_alone(model64, target, 8)
+    ref = run_alone(sharp64, target, 8)
     for neighbours in ([[1] * 30], [[7, 8, 9]] * 5, [[90, 4] * 7, [11]]):
-        engine = Engine(model64, EngineConfig(max_tokens_per_step=12, prefill_chunk_size=5))
+        engine = Engine(sharp64, EngineConfig(max_tokens_per_step=12, prefill_chunk_size=5))
         for p in neighbours:
             engine.add_request(p, 10)
         rid = engine.add_request(target, 8)
@@ -68,9 +108,9 @@ def test_output_does_not_depend_on_batch_neighbours(model64):
         assert engine.output(rid) == ref
 
 
-def test_static_batching_equals_alone(model64, workload, alone):
+def test_static_batching_equals_alone(sharp64, workload, alone):
     for batch_size in (1, 3, 7):
-        out = StaticBatchingEngine(model64, batch_size=batch_size).generate(workload.prompts, workload.max_new_tokens)
+        out = StaticBatchingEngine(sharp64, batch_size=batch_size).generate(workload.prompts, workload.max_new_tokens)
         assert out == alone
 
 
@@ -108,15 +148,25 @@ def test_chunked_prefill_equals_one_shot(model64, chunk):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_last_prompt_token_is_stored_once(model64):
-    """The first decode step feeds the first *generated* token, not the last prompt token again."""
-    engine = Engine(model64, EngineConfig(kv_layout="paged", block_size=2))
-    rid = engine.add_request([4, 5, 6], 4)
-    engine.step()  # prefill
-    assert engine.kv.lengths[rid] == 3
-    engine.step()  # first decode
-    assert engine.kv.lengths[rid] == 4
-    assert engine.request(rid).all_ids[3] == engine.output(rid)[0]
+@pytest.mark.parametrize("layout", ["paged", "dense"])
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_last_prompt_token_is_stored_once(sharp64, layout, chunk):
+    """The first decode step feeds the first *generated* token, not the last prompt token again.
+
+    Counted in computed tokens, position by position: every position of prompt + output (except the last
+    output token, which is never fed back) is computed exactly once, and nothing else.
+    """
+    prompt, n = [4, 5, 6, 7, 8], 4
+    engine = Engine(sharp64, EngineConfig(kv_layout=layout, block_size=2, prefill_chunk_size=chunk))
+    rid = engine.add_request(prompt, n)
+    positions: list[int] = []
+    for record in engine.run():
+        for c in record.plan.chunks:
+            positions += range(c.start, c.end)
+            if c.kind == "decode":
+                assert c.start >= len(prompt) and c.length == 1
+    assert sorted(positions) == positions == list(range(len(prompt) + n - 1))
+    assert engine.output(rid) == greedy(sharp64, prompt, n)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
@@ -174,8 +224,8 @@ def test_eos_stops_a_request(model64):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_engine_matches_cpu(model64, workload, alone):
-    model = TinyLM(model64.config, seed=1)
+def test_cuda_engine_matches_cpu(sharp64, workload, alone):
+    model = copy.deepcopy(sharp64)
     cfg = EngineConfig(max_tokens_per_step=9, prefill_chunk_size=4, device="cuda")
     assert Engine(model, cfg).generate(workload.prompts, workload.max_new_tokens) == alone
 

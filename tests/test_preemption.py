@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cblab_teach import ConfigError, Engine, EngineConfig
+from cblab_teach import ConfigError, Engine, EngineConfig, PagedAllocator, Request, Scheduler
 from cblab_teach.workloads import make_workload
 
 from .helpers import run_alone
+from .reference import greedy
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,50 @@ def test_newest_is_preempted_first(model64):
         preempted += engine.step().preempted
     assert preempted and set(preempted) == {new}
     assert engine.request(old).num_preemptions == 0
+
+
+def test_a_preempted_victim_refunds_the_blocks_planned_for_it():
+    """Pool of 3 blocks (2 tokens each). B (newest, decoding) is planned first and takes the last free block;
+    then A's prefill chunk needs 2 more. Preempting B frees its held block *and* the one planned for it: 2,
+    enough. So exactly one preemption is needed; a ledger that forgot the planned block would preempt A too."""
+    kv = PagedAllocator(1, 1, 2, num_blocks=3, block_size=2)
+    a = Request(0, list(range(1, 11)), 4, arrival=0)  # prefilling: 2 of 10 prompt tokens computed
+    b = Request(1, [1, 2], 4, arrival=1)  # decoding: its 3rd token needs a second block
+    b.output_ids, b.num_computed = [3], 2
+    a.last_scheduled_step, b.last_scheduled_step = 0, 0
+    for r in (a, b):
+        r.num_computed = 2
+        kv.admit(r.request_id, r.max_total_tokens, reserve=False)
+        kv.ensure(r.request_id, 2)
+    assert kv.num_free_blocks == 1
+    plan = Scheduler(16, 4).plan([a, b], [], kv, preemption=True)
+    assert plan.preempted == [1]
+    assert [(c.request_id, c.start, c.length) for c in plan.chunks] == [(0, 2, 4)]
+    assert kv.blocks_needed(0, 6) == 2 == kv.num_free_blocks + kv.blocks_released_by(1) - 0
+
+
+def test_preemptions_are_only_the_needed_ones(model64):
+    """Two requests that each need the whole pool at the end: they can only take turns, so every preemption
+    happens when the pool is really full (the victim's blocks were needed), never more than one per step."""
+    engine = Engine(
+        model64, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=8, block_size=2, num_blocks=6, preemption=True)
+    )
+    ids = [engine.add_request([1, 2, 3, 4], 8), engine.add_request([5, 6, 7, 8], 8)]
+    while engine.has_unfinished():
+        free_before = engine.kv.num_free_blocks
+        running_before = {r.request_id: r.num_computed for r in engine.running}
+        record = engine.step()
+        assert len(record.preempted) <= 1
+        if record.preempted:
+            victim = record.preempted[0]
+            survivor = [r for r in running_before if r != victim]
+            assert survivor, "the only running request preempted itself"
+            need = sum(engine.kv.blocks_for(running_before[r] + 1) for r in survivor) - sum(
+                engine.kv.blocks_for(running_before[r]) for r in survivor
+            )
+            assert need > free_before, f"step {record.step}: preempted {victim} though {free_before} blocks were free"
+    assert [engine.output(i) for i in ids] == [greedy(model64, [1, 2, 3, 4], 8), greedy(model64, [5, 6, 7, 8], 8)]
+    assert engine.stats.preemptions >= 1
 
 
 def test_preemption_needs_paged_kv():

@@ -9,6 +9,7 @@ from cblab_teach.core.prefix_cache import block_digests
 from cblab_teach.workloads import make_workload
 
 from .helpers import run_alone
+from .reference import greedy
 
 SYSTEM = [(5 * i + 2) % 97 for i in range(21)]
 
@@ -81,6 +82,22 @@ def test_cached_blocks_survive_until_evicted(model64):
     before = engine.stats.prefix_hit_tokens
     assert engine.generate([prompt], 2) == [run_alone(model64, prompt, 2)]
     assert engine.stats.prefix_hit_tokens == before  # gone, recomputed
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 4, 12])
+def test_a_repeated_prompt_of_whole_blocks_still_computes_its_last_token(model64, block_size):
+    """12 tokens fill whole blocks; the second run reuses all but the block holding the last prompt token,
+    whose logits give the first new token."""
+    prompt = [(11 * i + 4) % 97 for i in range(12)]
+    ref = greedy(model64, prompt, 5)
+    engine = Engine(model64, EngineConfig(block_size=block_size, num_blocks=40, enable_prefix_caching=True))
+    assert engine.generate([prompt], 5) == [ref]
+    assert engine.stats.prefix_hit_tokens == 0
+    assert engine.generate([prompt], 5) == [ref]
+    assert engine.stats.prefix_hit_tokens == (len(prompt) - 1) // block_size * block_size
+    second = [c for r in engine.records for c in r.plan.chunks if c.request_id == 1]
+    assert second[0].start == engine.stats.prefix_hit_tokens and second[0].kind == "prefill"
+    assert sum(c.length for c in second) == len(prompt) + 5 - 1 - engine.stats.prefix_hit_tokens
 
 
 def test_prefix_caching_needs_paged_kv():

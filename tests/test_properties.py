@@ -1,17 +1,25 @@
 """Property-based tests: random workloads and engine settings, the same promises every time.
 
 For every drawn configuration (budget, chunk size, block size, pool size, KV layout,
-policy, arrival steps, priorities, EOS, preemption) and at every step:
+policy, arrival steps, priorities, EOS, preemption, prefix caching, speculation by
+n-gram lookup or by a draft model) and at every step:
 
-* the step uses at most its budget, and a request is scheduled at most once per step;
+* the step uses at most its budget (draft tokens included), and a request is scheduled
+  at most once per step;
 * no request is lost or finished twice: running + waiting + finished is exactly
-  what was added, and each request's chunks cover its tokens contiguously;
-* KV is accounted for exactly: paged -- free + used blocks = pool, no block in two
-  tables, each table is as long as its tokens need; dense -- reserved ranges lie
-  inside the pool and never overlap; at the end everything is free again;
-* greedy outputs equal running each request alone (float64 model, so no ties).
+  what was added, and each request's chunks cover its tokens contiguously (a prefix-cache
+  hit starts where the cached blocks end; rejected drafts are computed again);
+* KV is accounted for exactly: paged -- every block is free, cached-but-unused, or in
+  tables exactly as often as its reference count says, and each table is as long as its
+  tokens need; dense -- reserved ranges lie inside the pool and never overlap; at the end
+  everything is free again;
+* greedy outputs equal an independent reference (``tests/reference.py``: full recompute
+  over the same weights, no cache, float64, so no ties).
 
-``CBLAB_PROPERTY_EXAMPLES`` sets the number of examples per property (default 150).
+Two profiles, chosen by ``CBLAB_HYPOTHESIS_PROFILE``: ``ci`` (default) runs the same
+derandomized examples every time (``CBLAB_PROPERTY_EXAMPLES`` of them, default 150);
+``fuzz`` (``make fuzz``) draws fresh ones, many more, and prints the shrunk failing example
+with the blob that replays it.
 """
 
 from __future__ import annotations
@@ -29,14 +37,24 @@ from cblab_teach import Engine, EngineConfig, ModelConfig, TinyLM
 from cblab_teach.core.kv_cache import DenseKVCache, PagedAllocator
 from cblab_teach.plugins.base import SchedulerPlugin
 
+from .reference import greedy
+
 VOCAB = 19
 EXAMPLES = int(os.environ.get("CBLAB_PROPERTY_EXAMPLES", "150"))
-PROPERTY_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], database=None)
+PROFILES = {
+    "ci": settings(max_examples=EXAMPLES, derandomize=True, **_COMMON),
+    "fuzz": settings(
+        max_examples=int(os.environ.get("CBLAB_PROPERTY_EXAMPLES", "2000")),
+        derandomize=False,
+        print_blob=True,
+        **_COMMON,
+    ),
+}
+PROFILE = os.environ.get("CBLAB_HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in PROFILES:
+    raise ValueError(f"CBLAB_HYPOTHESIS_PROFILE must be one of {sorted(PROFILES)}, got {PROFILE!r}")
+PROPERTY_SETTINGS = PROFILES[PROFILE]
 
 
 @cache
@@ -61,10 +79,17 @@ def tiny_model() -> TinyLM:
 
 
 @cache
+def draft_model() -> TinyLM:
+    """A smaller, different model with the same vocabulary: its guesses are often wrong, so drafts get rejected."""
+    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=8, max_position=64,
+                      dtype=torch.float64)  # fmt: skip
+    return TinyLM(cfg, seed=3)
+
+
+@cache
 def alone(prompt: tuple[int, ...], max_new_tokens: int, eos: int | None) -> tuple[int, ...]:
-    """The reference: the request served by itself, with default settings."""
-    engine = Engine(tiny_model(), EngineConfig(eos_token_id=eos))
-    return tuple(engine.generate([list(prompt)], max_new_tokens)[0])
+    """The reference: full recompute without any cache, independent of the engine."""
+    return tuple(greedy(tiny_model(), prompt, max_new_tokens, eos))
 
 
 # -- what hypothesis draws ------------------------------------------------------------
@@ -95,8 +120,23 @@ arrival_st = st.builds(
 
 
 @st.composite
+def arrivals_st(draw) -> tuple[Arrival, ...]:
+    """Random requests; some start with a shared prefix, some repeat an earlier prompt exactly (prefix-cache hits)."""
+    shared = tuple(draw(st.lists(st.integers(0, VOCAB - 1), max_size=9)))
+    out: list[Arrival] = []
+    for a in draw(st.lists(arrival_st, min_size=1, max_size=6)):
+        how = draw(st.sampled_from(["own", "shared", "repeat"]))
+        if how == "shared":
+            a = Arrival(shared + a.prompt, a.max_new_tokens, a.step, a.priority)
+        elif how == "repeat" and out:
+            a = Arrival(out[-1].prompt, a.max_new_tokens, a.step, a.priority)
+        out.append(a)
+    return tuple(out)
+
+
+@st.composite
 def scenarios(draw, vary_budget: bool = False) -> Scenario:
-    arrivals = tuple(draw(st.lists(arrival_st, min_size=1, max_size=6)))
+    arrivals = draw(arrivals_st())
     layout = draw(st.sampled_from(["paged", "dense"]))
     block_size = draw(st.integers(1, 8))
     longest = max(len(a.prompt) + a.max_new_tokens - 1 for a in arrivals)  # worst-case KV of one request
@@ -115,6 +155,10 @@ def scenarios(draw, vary_budget: bool = False) -> Scenario:
         kv_read=draw(st.sampled_from(["block_table", "flatten"])) if layout == "paged" else "block_table",
         eos_token_id=draw(st.one_of(st.none(), st.integers(0, VOCAB - 1))),
         preemption=preemption,
+        enable_prefix_caching=layout == "paged" and draw(st.booleans()),
+        speculative=draw(st.sampled_from([None, None, "ngram", "draft"])),
+        num_speculative_tokens=draw(st.integers(1, 4)),
+        ngram_size=draw(st.integers(1, 2)),
     )
     budgets = tuple(draw(st.lists(st.integers(1, 24), min_size=1, max_size=8))) if vary_budget else ()
     return Scenario(arrivals, config, budgets)
@@ -136,11 +180,18 @@ class BudgetSchedule(SchedulerPlugin):
 def check_paged(kv: PagedAllocator, engine: Engine) -> None:
     tables = kv.block_tables
     used = [b for t in tables.values() for b in t]
-    assert len(set(used)) == len(used), f"a block sits in two tables: {tables}"
+    distinct = set(used)
+    parked = set(kv.prefix.evictable) if kv.prefix else set()
+    assert all(len(set(t)) == len(t) for t in tables.values()), f"a block sits twice in one table: {tables}"
     assert len(set(kv.free_blocks)) == len(kv.free_blocks), f"a block is free twice: {kv.free_blocks}"
-    assert not set(used) & set(kv.free_blocks), "a block is both free and used"
-    assert len(kv.free_blocks) + len(used) == kv.num_blocks, "blocks went missing from the pool"
+    assert not distinct & set(kv.free_blocks) and not distinct & parked, "a block is both free and used"
+    assert not parked & set(kv.free_blocks), "a cached block is also on the free list"
+    assert len(kv.free_blocks) + len(parked) + len(distinct) == kv.num_blocks, "blocks went missing from the pool"
     assert all(0 <= b < kv.num_blocks for b in used)
+    for b in range(kv.num_blocks):  # reference counts say how many tables hold a block
+        assert kv.ref_counts[b] == used.count(b), f"block {b}: ref count {kv.ref_counts[b]}, in {used.count(b)} tables"
+    if kv.prefix is None:
+        assert len(distinct) == len(used), f"a block sits in two tables: {tables}"
     for rid, table in tables.items():
         need = math.ceil(kv.lengths[rid] / kv.block_size)
         assert len(table) == need, f"request {rid} holds {len(table)} blocks for {kv.lengths[rid]} tokens"
@@ -148,8 +199,11 @@ def check_paged(kv: PagedAllocator, engine: Engine) -> None:
         assert sum(kv.reserved_blocks.values()) <= kv.num_blocks
         assert all(len(tables[r]) <= kv.reserved_blocks[r] for r in tables)
     usage = kv.usage()
-    assert usage.reserved_slots == len(used) * kv.block_size
-    assert usage.used_slots == sum(kv.lengths.values())
+    assert usage.reserved_slots == len(distinct) * kv.block_size
+    if kv.prefix is None:
+        assert usage.used_slots == sum(kv.lengths.values())
+    else:  # a shared block counts once
+        assert max(kv.lengths.values(), default=0) <= usage.used_slots <= sum(kv.lengths.values())
 
 
 def check_dense(kv: DenseKVCache, engine: Engine) -> None:
@@ -176,12 +230,17 @@ def check_step(
         computed[rid] = 0  # its KV is gone: it starts again from token 0
     for c in plan.chunks:
         assert c.length >= 1
-        assert c.start == computed.get(c.request_id, 0), f"request {c.request_id} skipped or redid tokens"
+        expected = plan.cached_tokens.get(c.request_id, 0) if c.request_id in plan.admitted else computed[c.request_id]
+        assert c.start == expected, f"request {c.request_id} skipped or redid tokens"
         if c.kind == "prefill":
-            assert c.length <= engine.config.prefill_chunk_size
+            assert c.length <= engine.config.prefill_chunk_size and not c.drafts
         else:
-            assert c.length == 1
-        computed[c.request_id] = c.end
+            assert c.length == 1 + len(c.drafts) and len(c.drafts) <= engine.config.num_speculative_tokens
+        accepted = len(record.new_tokens.get(c.request_id, [])) - 1 if c.drafts else 0
+        assert 0 <= accepted <= len(c.drafts)
+        computed[c.request_id] = c.end - len(c.drafts) + accepted  # rejected guesses are not kept
+        if c.request_id in plan.cached_tokens:  # at least one token is computed: its logits give the next token
+            assert c.start < engine.requests[c.request_id].num_tokens, "a cached prefix covered the whole prompt"
 
     assert not set(record.finished) & set(finished), f"finished twice: {set(record.finished) & set(finished)}"
     finished.extend(record.finished)
@@ -209,7 +268,8 @@ def check_step(
 def serve(scenario: Scenario) -> None:
     """Run a scenario tick by tick, checking every step, then compare outputs with the alone runs."""
     plugins = [BudgetSchedule(scenario.budgets)] if scenario.budgets else []
-    engine = Engine(tiny_model(), scenario.config, plugins=plugins)
+    draft = draft_model() if scenario.config.speculative == "draft" else None
+    engine = Engine(tiny_model(), scenario.config, plugins=plugins, draft_model=draft)
     pending = sorted(enumerate(scenario.arrivals), key=lambda ia: ia[1].step)
     ids: dict[int, Arrival] = {}
     added: set = set()
@@ -236,8 +296,9 @@ def serve(scenario: Scenario) -> None:
     assert sorted(finished) == sorted(ids), "not every request finished exactly once"
     assert not engine.kv.lengths, "KV still held after every request finished"
     if isinstance(engine.kv, PagedAllocator):
-        assert sorted(engine.kv.free_blocks) == list(range(engine.kv.num_blocks)), "blocks leaked"
-        assert not engine.kv.block_tables
+        parked = list(engine.kv.prefix.evictable) if engine.kv.prefix else []
+        assert sorted(engine.kv.free_blocks + parked) == list(range(engine.kv.num_blocks)), "blocks leaked"
+        assert not engine.kv.block_tables and not any(engine.kv.ref_counts)
     else:
         assert not engine.kv.ranges, "dense ranges leaked"
     for rid, a in ids.items():

@@ -60,6 +60,22 @@ def test_nobody_starves_with_budget_2_and_3_decoders(model64):
     # a naive engine took the first N decoders every step; request 2 would never advance there
 
 
+def test_drafts_are_cut_to_a_binding_budget():
+    """Every draft token costs budget: one decoder with 5 guesses and budget 3 verifies 2 of them, no more."""
+    r = decoding(0, 0)
+    plan = Scheduler(3, 4).plan([r], [], drafts={0: [7, 8, 9, 10, 11]})
+    assert plan.used == 3 and plan.chunks[0].drafts == (7, 8)
+    assert plan.chunks[0].length == 1 + len(plan.chunks[0].drafts)
+    check_plan(plan, {0: r})
+    # two decoders with guesses, budget 6: 1 + 3 guesses for the first, what is left (1 + 1) for the second
+    a, b = decoding(1, 1, last=0), decoding(2, 2, last=1)
+    plan = Scheduler(6, 4).plan([a, b], [], drafts={1: [5, 5, 5], 2: [6, 6, 6]})
+    assert plan.used == 6 and [(c.request_id, c.drafts) for c in plan.chunks] == [(1, (5, 5, 5)), (2, (6,))]
+    check_plan(plan, {1: a, 2: b})
+    # a budget of exactly one token leaves no room for any guess
+    assert Scheduler(1, 4).plan([decoding(3, 3)], [], drafts={3: [1, 2]}).chunks[0].drafts == ()
+
+
 def test_least_recently_served_decoder_goes_first():
     s = Scheduler(max_tokens_per_step=1, prefill_chunk_size=1)
     plan = s.plan([decoding(0, 0, last=5), decoding(1, 1, last=3)], [])

@@ -127,6 +127,23 @@ def test_large_scores_do_not_overflow():
     torch.testing.assert_close(out, masked_attention(q, k, v, mask), rtol=0, atol=1e-10)
 
 
+def test_float32_scores_in_the_thousands_merge_exactly():
+    """float32 exp() overflows past ~88 (float64 past ~709): only log-space merging survives scores like these."""
+    q, k, v, mask = _qkv(nk=9, seed=2, mask_p=1.1)
+    q = q * 900.0
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(2, dim=2)) / math.sqrt(q.shape[-1])
+    assert scores.abs().max() > 2000  # really in the thousands
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    out = sharded_attention(q32, k32, v32, mask, 3)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), _brute_force(q, k, v, mask), rtol=0, atol=2e-3)
+    parts = [partial_attention(q32, k32[:, s : s + 3], v32[:, s : s + 3], mask[:, :, s : s + 3]) for s in (0, 3, 6)]
+    assert all(torch.isfinite(lse).all() for _, lse in parts)
+    _, total = merge_partials_with_lse([p[0] for p in parts], [p[1] for p in parts])
+    exact = torch.logsumexp(scores, dim=-1).transpose(1, 2)  # float64, the definition
+    torch.testing.assert_close(total.double(), exact, rtol=1e-5, atol=0)
+
+
 def test_ring_style_pairwise_merge_equals_one_shot_merge():
     q, k, v, mask = _qkv(nk=12, seed=3)
     parts = [partial_attention(q, k[:, s : s + 3], v[:, s : s + 3], mask[:, :, s : s + 3]) for s in range(0, 12, 3)]

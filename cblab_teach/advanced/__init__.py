@@ -1,5 +1,7 @@
-"""Advanced serving beyond one device: KV sharding with an exact log-sum-exp merge."""
+"""Advanced serving: KV sharding with an exact log-sum-exp merge, disaggregated prefill/decode, many LoRA adapters."""
 
+from .disaggregated import DisaggregatedServer, Transfer, TwoProcessResult, run_two_processes
+from .lora import LoRAAdapter, LoRALinear
 from .sharding import (
     ShardedAttentionPlugin,
     ShardingError,
@@ -17,8 +19,13 @@ from .sharding import (
 )
 
 __all__ = [
+    "DisaggregatedServer",
+    "LoRAAdapter",
+    "LoRALinear",
     "ShardedAttentionPlugin",
     "ShardingError",
+    "Transfer",
+    "TwoProcessResult",
     "demo_sharding_figure",
     "key_shards",
     "merge_pair",
@@ -27,6 +34,7 @@ __all__ = [
     "merge_weights",
     "partial_attention",
     "run_distributed",
+    "run_two_processes",
     "shard_sizes",
     "sharded_attention",
     "sharded_ragged_attention",

@@ -52,6 +52,17 @@ class DistributedResult:
         """KV bytes a gather would move per byte the merge moves."""
         return self.kv_gather_bytes / max(self.bytes_communicated, 1)
 
+    def __repr__(self) -> str:  # the tensors would print thousands of numbers; ``.out`` and ``.reference`` hold them
+        verdict = "matches" if self.max_abs_error < 1e-9 else "differs from"
+        return (
+            f"DistributedResult: {self.world_size} ranks, shards of {self.shard_sizes} keys, out {list(self.out.shape)}\n"
+            f"  merged output {verdict} full attention: max |error| {self.max_abs_error:.2g}; "
+            f"ranks agree: {self.ranks_agree}\n"
+            f"  exchanged {self.bytes_communicated:,} bytes of (out, lse); gathering the KV instead: "
+            f"{self.kv_gather_bytes:,} bytes ({self.communication_ratio:.1f}x more)\n"
+            f"  {self.seconds:.2f} s in all, process start-up included"
+        )
+
 
 def causal_example(
     num_queries: int = 4,

@@ -28,16 +28,23 @@ NAMES = (
     "ex07_priority_plugin",
     "ex08_ttft_tpot",
     "ex09_lse_merge",
+    "ex10_kv_memory",
+    "ex11_prefix_cache",
+    "ex12_preemption",
+    "ex13_speculative_verify",
+    "ex14_adaptive_budget",
 )
 EXERCISES: dict[str, Exercise] = {name: import_module(f".{name}", __name__).EXERCISE for name in NAMES}
+# Projects graded like exercises, built from them: check("capstone_engine", MyEngine) (see capstone/).
+PROJECTS: dict[str, Exercise] = {"capstone_engine": import_module(".capstone", __name__).EXERCISE}
 
 
 def get_exercise(name: str) -> Exercise:
     """The exercise called ``name``; an unknown name lists the valid ones."""
     try:
-        return EXERCISES[name]
+        return EXERCISES[name] if name in EXERCISES else PROJECTS[name]
     except (KeyError, TypeError):
-        valid = ", ".join(EXERCISES)
+        valid = ", ".join([*EXERCISES, *PROJECTS])
         raise UnknownExerciseError(f"unknown exercise {name!r}; valid names: {valid}") from None
 
 
@@ -46,12 +53,28 @@ def check(name: str, learner: Any, seed: int = 0, verbose: bool = True) -> Check
 
     ``seed`` picks the randomised cases (same seed, same cases). Never raises on the
     learner's bugs: they become failed cases in the returned :class:`CheckResult`.
+    Every run is noted in the learner's local progress file (see :mod:`cblab_teach.progress`).
     """
-    return run_exercise(get_exercise(name), learner, seed=seed, verbose=verbose)
+    result = run_exercise(get_exercise(name), learner, seed=seed, verbose=verbose)
+    _note_progress(result)
+    return result
+
+
+def _note_progress(result: CheckResult) -> None:
+    """Progress is a convenience: whatever goes wrong with its file, the check's verdict stands."""
+    try:
+        from ..progress import record_check
+
+        record_check(result)
+    except Exception as e:  # noqa: BLE001 - never let the progress file break a check
+        import warnings
+
+        warnings.warn(f"progress not recorded: {e}", stacklevel=3)
 
 
 __all__ = [
     "EXERCISES",
+    "PROJECTS",
     "Case",
     "CheckResult",
     "Exercise",

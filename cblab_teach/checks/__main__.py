@@ -4,6 +4,8 @@ The code is taken from your ``exercises/NAME.ipynb`` (``--solution``: the worked
 ``solutions/NAME.ipynb``; ``--notebook PATH``: any other): its code cells run in
 order until the one that defines the exercise's entry point; checks run against
 that definition. ``--reference`` checks the library's own reference instead.
+
+``python -m cblab_teach.checks grade DIR`` grades a class folder (see ``grade.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def load_solution(exercise: Exercise, notebook: Path) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["grade"]:  # grade a class folder: see cblab_teach/checks/grade.py
+        from .grade import main as grade_main
+
+        return grade_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m cblab_teach.checks", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="exercise name; leave out to list them")
     parser.add_argument("--notebook", type=Path, help="notebook holding the answer (default: exercises/NAME.ipynb)")

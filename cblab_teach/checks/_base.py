@@ -76,6 +76,8 @@ class CheckResult:
     passed_cases: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     not_implemented: bool = False
+    todo: str = ""  # the stub's hint, when ``not_implemented``
+    entry: str = ""  # the name the learner writes (``ragged_mask``), for the not-implemented message
 
     @property
     def passed(self) -> bool:
@@ -96,6 +98,9 @@ class CheckResult:
         return self.passed
 
     def report(self) -> str:
+        if self.not_implemented:  # one message: nothing ran, so there is no case, input or expected value to show
+            what = f"`{self.entry}` still raises NotImplementedError" if self.entry else "the stub is still in place"
+            return f"{self.summary}\n{what}\nhint: {self.todo}"
         lines = [self.summary]
         if self.passed_cases and not self.not_implemented:
             fixed = [c for c in self.passed_cases if not c.startswith("random")]
@@ -155,7 +160,7 @@ class Exercise(ABC):
 
 def run_exercise(exercise: Exercise, learner: Any, seed: int = 0, verbose: bool = True) -> CheckResult:
     """Judge ``learner`` on every case; print the report when ``verbose``."""
-    result = CheckResult(exercise.name)
+    result = CheckResult(exercise.name, entry=exercise.entry)
     for case in exercise.cases(seed):
         try:
             torch.manual_seed(0)  # learner code that draws random numbers stays reproducible
@@ -163,11 +168,11 @@ def run_exercise(exercise: Exercise, learner: Any, seed: int = 0, verbose: bool 
                 mismatch = exercise.judge(learner, case)
         except Exception as error:  # the learner's bug or stub: a failed case, never a crashed notebook
             stub = _not_implemented(error)
-            if stub is not None:
-                result.not_implemented = True
+            if stub is not None:  # not a wrong answer: no answer yet, and every other case would say the same
+                result.not_implemented, result.todo = True, _todo(stub)
                 got = "NotImplementedError: the stub is still in place"
-                result.failures.append(Failure(case.name, exercise.describe(case), "your code", got, _todo(stub)))
-                break  # every other case would say the same
+                result.failures.append(Failure(case.name, exercise.describe(case), "-", got, result.todo))
+                break  # the report prints one message for it, not this case
             where = traceback.extract_tb(error.__traceback__)[-1]
             got = f"{type(error).__name__}: {error} (line {where.lineno} in {where.name})"
             result.failures.append(Failure(case.name, exercise.describe(case), "no exception", got, exercise.hint))

@@ -63,7 +63,7 @@ class LseMerge(Exercise):
     name = "ex09_lse_merge"
     title = "Merging sharded attention by log-sum-exp"
     entry = "merge_partials"
-    course = "11_advanced_serving"
+    course = "14_kv_sharding"
     hint = (
         "weight each shard by exp(lse - row max of lse), normalise the weights to sum to 1, and treat "
         "lse = -inf (no visible key) as weight 0; a row with no visible key anywhere stays zero"

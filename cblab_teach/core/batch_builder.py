@@ -110,15 +110,14 @@ def build_batch(plan: StepPlan, requests: Mapping[int, Request], device: str | t
     """Concatenate the plan's chunks into one :class:`RaggedBatch`."""
     chunks = plan.chunks
     token_ids: list[int] = []
+    sample_rows: list[int] = []
+    end = 0  # running row count, kept in Python: reading it back from cu_seqlens costs a tensor read per chunk
     for c in chunks:
-        token_ids.extend(requests[c.request_id].all_ids[c.start : c.end - len(c.drafts)])
+        token_ids.extend(requests[c.request_id].token_slice(c.start, c.end - len(c.drafts)))
         token_ids.extend(c.drafts)  # speculative tokens: verified by this very forward
+        end += c.length
+        sample_rows.extend(range(end - c.num_logits, end))
     lay = plan_layout(plan)
-    sample_rows = [
-        row
-        for i, c in enumerate(chunks)
-        for row in range(int(lay.cu_seqlens[i + 1]) - c.num_logits, int(lay.cu_seqlens[i + 1]))
-    ]
     batch = RaggedBatch(
         request_ids=[c.request_id for c in chunks],
         token_ids=torch.tensor(token_ids, dtype=torch.long),

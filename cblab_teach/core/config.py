@@ -8,6 +8,9 @@ from ..errors import ConfigError
 
 KV_LAYOUTS = ("dense", "paged")
 ATTENTION_IMPLS = ("segmented", "ragged")
+# Accepted values, compared by type as well as value: 1 == True and 0 == False, but EngineConfig(preemption=1)
+# is a typo, not a mode. A new preemption mode joins this tuple.
+PREEMPTION_MODES = (False, True, "recompute")
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class EngineConfig:
     kv_read: str = "block_table"  # or "flatten": copy each request's blocks first
     eos_token_id: int | None = None
     device: str = "cpu"
-    preemption: bool = False  # admit optimistically, preempt + recompute when the pool runs out (paged)
+    preemption: bool | str = False  # True or "recompute": admit optimistically, preempt + recompute (paged)
     enable_prefix_caching: bool = False  # reuse full KV blocks of identical prefixes (paged)
     speculative: str | None = None  # None, "ngram" (prompt lookup) or "draft" (a smaller TinyLM)
     num_speculative_tokens: int = 4
@@ -52,12 +55,18 @@ class EngineConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name, allowed in (("preemption", PREEMPTION_MODES), ("enable_prefix_caching", (False, True))):
+            value = getattr(self, name)
+            if not any(type(value) is type(a) and value == a for a in allowed):
+                raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {value!r}")
         eos = self.eos_token_id
         if eos is not None and (not isinstance(eos, int) or isinstance(eos, bool) or eos < 0):
             raise ConfigError(f"EngineConfig.eos_token_id must be None or a token id >= 0, got {eos!r}")
         for name in ("preemption", "enable_prefix_caching"):
             if getattr(self, name) and self.kv_layout != "paged":
-                raise ConfigError(f"EngineConfig.{name}=True needs kv_layout='paged', got {self.kv_layout!r}")
+                raise ConfigError(
+                    f"EngineConfig.{name}={getattr(self, name)!r} needs kv_layout='paged', got {self.kv_layout!r}"
+                )
 
     @property
     def num_slots(self) -> int:

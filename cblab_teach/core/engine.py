@@ -29,12 +29,15 @@ from ..errors import (
     DuplicateRequestError,
     PluginError,
     RequestError,
+    UnknownAdapterError,
     UnknownRequestError,
 )
 from ..model.tiny_lm import TinyLM
+from . import kv_transfer
 from .batch_builder import build_batch
 from .config import EngineConfig
 from .kv_cache import DenseKVCache, KVCache, KVUsage, PagedAllocator
+from .kv_transfer import PrefilledRequest
 from .request import Request, RequestState, SamplingParams
 from .sampling import accept_drafts, sample_token
 from .scheduler import Scheduler, StepPlan, is_decoding
@@ -95,6 +98,13 @@ class EngineStats:
     def acceptance_rate(self) -> float:
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
+    def __repr__(self) -> str:  # one readable line; the fields stay plain ints
+        return (
+            f"EngineStats: {self.preemptions} preemptions ({self.recomputed_tokens} tokens recomputed), "
+            f"{self.prefix_hit_tokens} prompt tokens from the prefix cache, "
+            f"{self.accepted_tokens}/{self.draft_tokens} draft tokens accepted ({self.acceptance_rate:.0%})"
+        )
+
 
 def make_kv_cache(model: TinyLM, config: EngineConfig) -> KVCache:
     cfg = model.config
@@ -137,11 +147,16 @@ class Engine:
             raise ConfigError(f"EngineConfig.device={self.config.device!r} is not a torch device (cpu, cuda)") from e
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"EngineConfig.device={self.config.device!r} but no CUDA device is available here")
+        if draft_model is not None and not isinstance(draft_model, TinyLM):
+            raise ConfigError(f"draft_model must be a TinyLM, got {draft_model!r}")
         self.proposer = make_proposer(self.config, draft_model)
         if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
             raise ConfigError(
                 f"draft model vocab {draft_model.config.vocab_size} != target vocab {model.config.vocab_size}"
             )
+        # A draft model with a shorter context than a request needs is not an error: near and past its
+        # max_position it proposes fewer tokens, then none, and the request decodes one token per step.
+        self.draft_window = draft_model.config.max_position if self.config.speculative == "draft" else None
         self.stats = EngineStats()
         self.model = model.to(self.config.device)
         self.scheduler = Scheduler(
@@ -157,6 +172,8 @@ class Engine:
         self._attention_chain = None  # AttentionPlugins wrapped around the default, set on the model per forward
         self._next_id = 0
         self._arrivals = 0
+        self.adapters: dict = {}  # LoRA adapters by name (add_adapter); rows are routed per request
+        self._lora = None  # cblab_teach.advanced.lora's per-step router, once an adapter is added
         for p in plugins:
             self.add_plugin(p)
 
@@ -169,10 +186,15 @@ class Engine:
         sampling: SamplingParams | None = None,
         priority: int = 0,
         eos_token_id: int | None = None,
+        adapter: str | None = None,
     ) -> int:
         """Queue a request; it joins the running batch at the next step with room for it."""
         rid = self._next_id if request_id is None else request_id
         prompt = self._validate(prompt_ids, max_new_tokens, rid, sampling, priority)
+        if adapter is not None and (not isinstance(adapter, str) or adapter not in self.adapters):
+            raise UnknownAdapterError(
+                f"request {rid}: unknown adapter {adapter!r}; known: {sorted(self.adapters)} (add_adapter first)"
+            )
         req = Request(
             request_id=rid,
             prompt_ids=prompt,
@@ -181,6 +203,7 @@ class Engine:
             eos_token_id=self.config.eos_token_id if eos_token_id is None else eos_token_id,
             priority=priority,
             arrival=self._arrivals,
+            adapter=adapter,
         )
         req.arrival_time = time.perf_counter()
         req.arrival_step = len(self.records)
@@ -195,9 +218,11 @@ class Engine:
             raise RequestError(f"request_id must be an int, got {rid!r}")
         if rid in self.requests:
             raise DuplicateRequestError(f"request id {rid} is already in use")
+        if isinstance(prompt_ids, (str, bytes)):
+            raise RequestError(f"request {rid}: prompt_ids must be a sequence of ints, got {prompt_ids!r}")
         try:
-            prompt = [int(t) for t in prompt_ids]
-        except (TypeError, ValueError) as e:
+            prompt = [_token_id(t, rid, i) for i, t in enumerate(prompt_ids)]
+        except TypeError as e:
             raise RequestError(f"prompt_ids must be a sequence of ints, got {prompt_ids!r}") from e
         if not prompt:
             raise RequestError(f"request {rid}: the prompt is empty; give at least one token id")
@@ -244,6 +269,24 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
+
+    # -- LoRA adapters and prefill/decode hand-over (cblab_teach.advanced.lora, core/kv_transfer.py) --------
+    def add_adapter(self, name: str, adapter) -> None:
+        """Serve ``add_request(..., adapter=name)`` with this LoRA adapter, batched with every other request."""
+        from ..advanced.lora import register_adapter
+
+        register_adapter(self, name, adapter)
+
+    def export_prefilled(self, request_id: int) -> PrefilledRequest:
+        """Hand a request with its first token to another engine: its state and K/V; freed and forgotten here."""
+        return kv_transfer.export_prefilled(self, request_id)
+
+    def can_import(self, handoff: PrefilledRequest) -> bool:
+        return kv_transfer.can_import(self, handoff)
+
+    def import_prefilled(self, handoff: PrefilledRequest) -> int:
+        """Continue a request another engine prefilled: its K/V is written here and it decodes next step."""
+        return kv_transfer.import_prefilled(self, handoff)
 
     # -- plugins ------------------------------------------------------------------
     def add_plugin(self, plugin) -> None:
@@ -293,12 +336,16 @@ class Engine:
         batch = build_batch(plan, self.requests, self.model.device)
         fwd_start = time.perf_counter()
         self.model.attention_hook = self._attention_chain  # the model may be shared: hooks are this engine's only
+        if self._lora is not None:
+            self._lora.begin(batch, self.requests)  # each row's adapter, for this forward only
         try:
             logits = self.model(
                 batch, self.kv, impl=self.config.attention, via_flatten=self.config.kv_read == "flatten"
             )
         finally:
             self.model.attention_hook = None
+            if self._lora is not None:
+                self._lora.end()
         new_tokens = self._sample(plan, logits)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -326,11 +373,14 @@ class Engine:
         return record
 
     def _propose(self) -> dict[int, list[int]]:
-        """Speculative guesses for greedy decoding requests, never past their max_new_tokens."""
+        """Speculative guesses for greedy decoding requests, never past their max_new_tokens (nor the draft's
+        max_position)."""
         if self.proposer is None:
             return {}
         reqs = [r for r in self.running if is_decoding(r) and r.sampling.greedy]
         room = [min(self.config.num_speculative_tokens, r.max_new_tokens - len(r.output_ids) - 1) for r in reqs]
+        if self.draft_window is not None:  # the draft model must hold the request's tokens plus its guesses
+            room = [min(n, self.draft_window - r.num_tokens) for r, n in zip(reqs, room)]
         return self.proposer.propose(reqs, room)
 
     def _preempt(self, request_ids: list[int]) -> None:
@@ -440,6 +490,18 @@ class Engine:
         return [self.output(i) for i in ids]
 
 
+def _token_id(t, rid, index: int) -> int:
+    """A token id is an integer: Python, numpy or a 0-d integer torch tensor. ``int()`` would truncate 1.5 to 1
+    and turn "3" into 3, silently serving a different prompt."""
+    if isinstance(t, torch.Tensor) and t.ndim == 0 and not (t.is_floating_point() or t.is_complex()):
+        t = t.item() if t.dtype != torch.bool else t
+    if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        return int(t)
+    raise RequestError(
+        f"request {rid}: token ids must be integers, got {t!r} ({type(t).__name__}) at prompt_ids[{index}]"
+    )
+
+
 def _valid_sampling(s) -> bool:
     """Checked when a request arrives: a bad value found mid-step would stop every request."""
     if not isinstance(s, SamplingParams):
@@ -456,8 +518,19 @@ class _Guarded:
     def __init__(self, plugin) -> None:
         self.plugin = plugin
 
-    def before_append(self, *args):
-        return _call(self.plugin, "before_append", *args)
+    def before_append(self, layer, k, v, *rest):
+        out = _call(self.plugin, "before_append", layer, k, v, *rest)
+        if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+            raise PluginError(
+                f"plugin {self.plugin.name}.before_append() must return the (k, v) to store, got {out!r}"
+                " (an observer returns them unchanged: return k, v)"
+            )
+        if out[0].shape != k.shape or out[1].shape != v.shape:
+            raise PluginError(
+                f"plugin {self.plugin.name}.before_append() changed the K/V shapes {tuple(k.shape)}, "
+                f"{tuple(v.shape)} to {tuple(out[0].shape)}, {tuple(out[1].shape)}"
+            )
+        return out
 
     def after_append(self, *args):
         return _call(self.plugin, "after_append", *args)

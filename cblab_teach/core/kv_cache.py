@@ -137,7 +137,16 @@ class KVCache(ABC):
             plugin.after_append(layer, k, v, request_ids)
 
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k[layer, slots], self.v[layer, slots]
+        """K/V at ``slots`` (any shape) as ``[*slots.shape, heads, dim]``.
+
+        One ``index_select`` of whole rows per pool: on CPU several times faster than ``pool[layer, slots]``
+        (advanced indexing), for the same rows. A pool that is not a plain tensor (a compressed one) is indexed.
+        """
+        if not isinstance(self.k, torch.Tensor):
+            return self.k[layer, slots], self.v[layer, slots]
+        flat = slots.reshape(-1)
+        shape = (*slots.shape, *self.k.shape[2:])
+        return self.k[layer].index_select(0, flat).view(shape), self.v[layer].index_select(0, flat).view(shape)
 
     def gather(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A request's K/V ``[length, heads, dim]`` as one contiguous tensor."""
@@ -391,7 +400,8 @@ class PagedAllocator(KVCache):
         return sum(fill.values())
 
     def usage(self) -> KVUsage:
-        used_blocks = sum(1 for c in self.ref_counts if c > 0)
+        # a block is free, parked in the prefix cache (evictable), or referenced: no walk over every block needed
+        used_blocks = self.num_blocks - self.num_free_blocks
         return KVUsage(
             total_slots=self.num_slots,
             reserved_slots=used_blocks * self.block_size,

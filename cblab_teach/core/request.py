@@ -53,6 +53,7 @@ class Request:
     arrival_time: float = 0.0  # perf_counter() when added
     arrival_step: int = 0  # engine step count when added
     token_times: list[float] = field(default_factory=list)  # perf_counter() of each generated token
+    adapter: str | None = None  # LoRA adapter name (Engine.add_adapter); None: the base model
 
     def __post_init__(self) -> None:
         if not self.sampling.greedy and self.generator is None:
@@ -70,6 +71,15 @@ class Request:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """``all_ids[start:end]`` without building ``all_ids`` (a decode step needs one token of it)."""
+        n = len(self.prompt_ids)
+        if end <= n:
+            return self.prompt_ids[start:end]
+        if start >= n:
+            return self.output_ids[start - n : end - n]
+        return self.prompt_ids[start:] + self.output_ids[: end - n]
 
     @property
     def num_tokens(self) -> int:

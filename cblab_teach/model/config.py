@@ -23,14 +23,19 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     dtype: torch.dtype = torch.float32
+    head_dim: int | None = None  # None: hidden_size // num_heads; some Llamas set it explicitly
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)  # frozen: set once, here
+        elif not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim < 1:
+            raise ConfigError(f"ModelConfig.head_dim must be None or a positive int, got {self.head_dim!r}")
         if (self.head_dim % 2) != 0:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
@@ -41,10 +46,6 @@ class ModelConfig:
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
     @property
     def kv_heads(self) -> int:

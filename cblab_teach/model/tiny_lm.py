@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..attention.fast import pool_attention, pool_layout
 from ..attention.paged import gather_by_flatten
 from ..attention.ragged import ragged_attention, segment_layout, segmented_attention
 from ..core.batch_builder import RaggedBatch
@@ -51,18 +52,24 @@ class StepContext:
         self.cache = cache
         self.impl = impl
         self.via_flatten = via_flatten
-        seq, pos = batch.seq_ids, batch.positions
-        self.write_slots = cache.slots(batch.request_ids, seq, pos)
         self.layout = segment_layout(batch) if impl == "segmented" else None
-        self._read_slots: torch.Tensor | None = None
+        # every key the batch reads, in batch order; this step's own tokens are among them, so their slots are too
+        self.read_slots = cache.slots(batch.request_ids, batch.key_seq_ids, batch.key_positions)
+        key_starts = torch.cumsum(batch.context_lens, 0) - batch.context_lens
+        self.write_slots = self.read_slots[key_starts[batch.seq_ids] + batch.positions]
+        self._pool_groups = None
 
     @property
-    def read_slots(self) -> torch.Tensor:
-        """Pool slot of every key the batch reads; the same for every layer, so computed once per step."""
-        if self._read_slots is None:
-            b = self.batch
-            self._read_slots = self.cache.slots(b.request_ids, b.key_seq_ids, b.key_positions)
-        return self._read_slots
+    def fast(self) -> bool:
+        """The default path: segmented groups read straight from the pool (``kv_read="block_table"``)."""
+        return self.impl == "segmented" and not self.via_flatten
+
+    @property
+    def pool_groups(self):
+        """Pool slots and masks of the fast path's groups: the same for every layer, so built once per step."""
+        if self._pool_groups is None:
+            self._pool_groups = pool_layout(self.layout, self.read_slots, self.cache.k.dtype)
+        return self._pool_groups
 
     def keys_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every key and value the batch reads at ``layer``, in batch order: the one read the default
@@ -140,7 +147,13 @@ class TinyLM(nn.Module):
 
     @staticmethod
     def attend_cached(layer: int, q: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """Default attention: this step's queries against every cached + new key of their request."""
+        """Default attention: this step's queries against every cached + new key of their request.
+
+        The fast path (:mod:`..attention.fast`) reads each group's keys straight from the pool; the readable
+        references (``impl="ragged"``, ``via_flatten``) read every key once into batch order, then attend.
+        """
+        if ctx.fast:
+            return pool_attention(q, ctx.cache, layer, ctx.pool_groups)
         k, v = ctx.keys_values(layer)
         if ctx.impl == "ragged":
             return ragged_attention(q, k, v, ctx.batch)

@@ -84,6 +84,40 @@ def request_metrics_from_times(
     return RequestMetrics(request_id, ttft, tpot, itl, e2e, n, steps, arrival_time, priority)
 
 
+class RunSummary(dict):
+    """``MetricsCollector.summary()``: a plain ``dict`` of numbers that prints as a short table.
+
+    Keys as before (``summary()["ttft_p50_s"]``); only the printed form changed: a few lines a person can read.
+    """
+
+    LATENCIES = (("TTFT", "ttft"), ("TPOT", "tpot"), ("E2E", "e2e"), ("ITL", "itl"))
+
+    def __repr__(self) -> str:
+        def ms(key: str) -> str:
+            value = self.get(key, math.nan)
+            return f"{value * 1e3:9.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else f"{'-':>9}"
+
+        def num(key: str, fmt: str = ".1f") -> str:
+            value = self.get(key, math.nan)
+            return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+        lines = [
+            f"{self.get('requests', 0)} requests, {self.get('steps', 0)} steps, {self.get('output_tokens', 0)} output "
+            f"tokens ({num('tokens_per_step', '.2f')} per step), {num('wall_s', '.3f')} s wall",
+            f"throughput: {num('throughput_tok_s')} output tok/s, {num('computed_tok_s')} computed tok/s",
+            f"{'latency (ms)':<12}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}",
+        ]
+        for label, key in self.LATENCIES:
+            lines.append(f"{label:<12}" + "".join(ms(f"{key}_{q}_s") for q in ("mean", "p50", "p90", "p99")))
+        lines.append(f"TTFT in steps: mean {num('ttft_steps_mean')}")
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython's display
+        printer.text(repr(self))
+
+
 class MetricsCollector(SchedulerPlugin):
     """Collects step and request metrics while the engine runs (add it as a plugin)."""
 
@@ -176,8 +210,8 @@ class MetricsCollector(SchedulerPlugin):
             out.append(request_metrics_from_times(rid, self.arrival_times[rid], times, 0, self.first_token_step[rid]))
         return out
 
-    def summary(self) -> dict[str, float]:
-        """Throughput and latency percentiles of the whole run (seconds; NaN where undefined)."""
+    def summary(self) -> RunSummary:
+        """Throughput and latency percentiles of the whole run (seconds; NaN where undefined); prints as a table."""
         reqs = self.request_metrics()
         steps = self.step_metrics()
         output_tokens = sum(r.num_output_tokens for r in reqs)
@@ -208,7 +242,7 @@ class MetricsCollector(SchedulerPlugin):
                 out[f"{name}_p{q}_s"] = percentile(values, q)
         ttft_steps = [r.ttft_steps for r in reqs if r.ttft_steps is not None]
         out["ttft_steps_mean"] = sum(ttft_steps) / len(ttft_steps) if ttft_steps else math.nan
-        return out
+        return RunSummary(out)
 
     def compare(self, other) -> dict[str, dict[str, float]]:
         """This run's summary next to another's (a collector, an Engine or a StaticBatchingEngine).

@@ -14,6 +14,9 @@ The engine calls every hook itself, in registration order:
   model never see each other's plugins.
 * :class:`CachePlugin` -- ``before_append(layer, k, v, batch)`` may transform
   the K/V about to be stored, ``after_append(layer, k, v, batch)`` sees them.
+  ``before_append`` must return the ``(k, v)`` pair, of the same shapes: an
+  observer that forgets to (returns ``None``) gets a ``PluginError`` naming the
+  plugin and the hook, not a silent "unchanged" nor a crash inside the cache.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class CachePlugin(Plugin):
     def before_append(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the K/V to store (transformed or not)."""
+        """Return the K/V to store (transformed or not; never ``None``: a ``PluginError`` says so)."""
         return k, v
 
     def after_append(self, layer: int, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> None:

@@ -170,6 +170,15 @@ def typed_array(a: np.ndarray) -> dict:
     return spec
 
 
+def gaps_as_none(a: np.ndarray) -> list:
+    """Nested lists with ``None`` where ``a`` is NaN: plotly draws a gap, and the JSON stays strict.
+
+    A widget's messages go through strict JSON (no NaN, no infinity); a NaN sent to a FigureWidget makes
+    the kernel print "Message serialization failed" under the figure.
+    """
+    return np.where(np.isfinite(a), a, None).tolist()
+
+
 def decode_array(value) -> np.ndarray:
     """Back from :func:`typed_array` (or any array-like) to numpy, so tests can read a figure's data."""
     if isinstance(value, dict) and "bdata" in value:

@@ -5,21 +5,39 @@ Everything lives in the figure's JSON, so it plays in exported HTML with no kern
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
+from plotly.basewidget import BaseFigureWidget
 
-from ._common import StepView
+from ._common import StepView, gaps_as_none
 
+CONTROLS_TOP_PX = 60  # below the plot area: room for the x tick labels and the axis title
 _FRAME_ARGS = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
 
 
 def apply_frame(fig: go.Figure, view: StepView, step: int) -> None:
     """Write one step's data into ``fig`` in place (a Figure or a FigureWidget)."""
     data, layout = view.frame(step)
+    if isinstance(fig, BaseFigureWidget):
+        data = [widget_safe(update) for update in data]
     with fig.batch_update():
         for index, update in zip(view.trace_indices, data):
             fig.data[index].update(update, overwrite=True)
         if layout:
             fig.layout.update(layout)
+
+
+def widget_safe(update: dict) -> dict:
+    """A trace update a widget can send: float arrays holding NaN (a heatmap's gaps) become lists with None.
+
+    A widget's messages are strict JSON; a NaN would make the kernel print "Message serialization failed".
+    A plain figure needs no help: plotly writes its NaN as null.
+    """
+    out = {}
+    for key, value in update.items():
+        is_float = isinstance(value, np.ndarray) and value.dtype.kind == "f"
+        out[key] = gaps_as_none(value) if is_float and not np.isfinite(value).all() else value
+    return out
 
 
 def replace_figure(target: go.Figure, source: go.Figure) -> None:
@@ -50,15 +68,18 @@ def animated_figure(view: StepView, frame_ms: int = 400) -> go.Figure:
         frames.append(go.Frame(data=data, traces=view.trace_indices, name=str(record.step), layout=layout or None))
     fig.frames = frames
     play_args = dict(_FRAME_ARGS, frame={"duration": frame_ms, "redraw": True}, fromcurrent=True)
+    # The controls hang below the plot area at fixed pixel offsets (``pad``), under the x tick labels and the
+    # axis title: placed at a fraction of the height instead, they cover the ticks of a short figure.
     fig.update_layout(
         updatemenus=[
             {
                 "type": "buttons",
                 "direction": "left",
                 "x": 0.0,
-                "y": -0.12,
+                "y": 0.0,
                 "xanchor": "left",
                 "yanchor": "top",
+                "pad": {"t": CONTROLS_TOP_PX + 32, "r": 10},
                 "showactive": False,
                 "buttons": [
                     {"label": "▶ play", "method": "animate", "args": [None, play_args]},
@@ -69,14 +90,16 @@ def animated_figure(view: StepView, frame_ms: int = 400) -> go.Figure:
         sliders=[
             {
                 "active": 0,
-                "x": 0.18,
-                "len": 0.82,
-                "y": -0.06,
+                "x": 0.2,
+                "len": 0.8,
+                "y": 0.0,
                 "yanchor": "top",
+                "pad": {"t": CONTROLS_TOP_PX, "b": 10},
                 "currentvalue": {"prefix": "step "},
                 "steps": [{"label": f.name, "method": "animate", "args": [[f.name], _FRAME_ARGS]} for f in frames],
             }
         ],
     )
-    fig.update_layout(margin=dict(b=110))
+    bottom = fig.layout.margin.b
+    fig.update_layout(margin=dict(b=max(bottom or 0, CONTROLS_TOP_PX + 100)))
     return fig

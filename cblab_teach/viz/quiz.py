@@ -245,6 +245,9 @@ class QuizWidget:
         """Record whether the learner knew the current question (marking again replaces), then move on."""
         self.results[self.current.number] = bool(correct)
         self.next()
+        from ..progress import record_quiz  # the score goes into the learner's local progress record
+
+        record_quiz(*self.score)
         return self.score
 
     def next(self) -> QAItem:

@@ -28,6 +28,11 @@ def open_notebook(page: Page, server: LabServer, path: str, timeout_ms: int = 90
     """Open ``path`` in JupyterLab and wait until its kernel is connected and idle."""
     page.goto(server.lab_url(path), timeout=timeout_ms)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout_ms)
+    wait_for_idle_kernel(page, server, path, timeout_ms)
+
+
+def wait_for_idle_kernel(page: Page, server: LabServer, path: str = "the notebook", timeout_ms: int = 90_000) -> None:
+    """Wait until the open notebook's kernel is connected and idle (accepting the kernel dialog if one shows)."""
     deadline = time.monotonic() + timeout_ms / 1000
     while time.monotonic() < deadline:
         dialog = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")

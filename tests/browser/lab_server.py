@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,6 +29,8 @@ LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
 }
+# For a server started as ``make lab`` starts it: the news setting is left to the environment's overrides.json.
+COURSE_SETTINGS = {k: v for k, v in LAB_SETTINGS.items() if "notification" not in k}
 
 
 @dataclass
@@ -60,18 +64,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_settings(settings_dir: Path) -> None:
-    for plugin, values in LAB_SETTINGS.items():
+def write_settings(settings_dir: Path, settings: dict[str, dict] | None = None) -> None:
+    for plugin, values in (LAB_SETTINGS if settings is None else settings).items():
         path = settings_dir / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
 
 
-def start_lab(root: Path, work: Path, timeout_s: float = 90.0) -> LabServer:
-    """Start ``jupyter lab`` on 127.0.0.1 serving ``root``; raise RuntimeError with its log if it is not up in time."""
+def make_lab_command() -> list[str]:
+    """``make lab``'s own command line (``make -s lab-command`` prints it), so a test cannot drift from it."""
+    out = subprocess.run(["make", "-s", "--no-print-directory", "lab-command"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    words = shlex.split(out)
+    if not words or not re.search(r"(^|/)jupyter$", words[0]) or words[1:2] != ["lab"]:
+        raise RuntimeError(f"make lab-command printed {out!r}, not a `jupyter lab ...` command line")
+    return words
+
+
+def start_lab(
+    root: Path,
+    work: Path,
+    timeout_s: float = 90.0,
+    lab_args: list[str] | None = None,
+    settings: dict[str, dict] | None = None,
+) -> LabServer:
+    """Start ``jupyter lab`` on 127.0.0.1 serving ``root``; raise RuntimeError with its log if it is not up in time.
+
+    ``lab_args``: the arguments of ``make lab`` after ``jupyter lab`` (they replace the root option here; the
+    server still gets its own port, token and settings). ``settings``: user settings (default LAB_SETTINGS).
+    """
     for name in ("config", "data", "runtime", "ipython", "settings", "workspaces"):
         (work / name).mkdir(parents=True, exist_ok=True)
-    write_settings(work / "settings")
+    write_settings(work / "settings", settings)
     port, token = free_port(), secrets.token_hex(16)
     env = os.environ | {
         "JUPYTER_CONFIG_DIR": str(work / "config"),
@@ -85,7 +109,7 @@ def start_lab(root: Path, work: Path, timeout_s: float = 90.0) -> LabServer:
         sys.executable, "-m", "jupyterlab", "--no-browser",
         "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
+        *([f"--ServerApp.root_dir={root}"] if lab_args is None else [a for a in lab_args if a != "--allow-root"]),
         f"--LabApp.user_settings_dir={work / 'settings'}",
         f"--LabApp.workspaces_dir={work / 'workspaces'}",
         "--LabApp.news_url=",

@@ -25,6 +25,10 @@ from .lab_server import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
+# Every widget label with text (a slider's description): [text, scrollWidth, clientWidth].
+WIDGET_LABELS = """() => [...document.querySelectorAll('.jp-OutputArea .widget-label, .jp-OutputArea .jupyter-widget-label')]
+    .filter(l => l.textContent.trim() && l.clientWidth > 0).map(l => [l.textContent, l.scrollWidth, l.clientWidth])"""
+
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_notebook_runs_and_its_player_redraws(notebook: str, lab_page, lab_server) -> None:
@@ -42,6 +46,9 @@ def test_notebook_runs_and_its_player_redraws(notebook: str, lab_page, lab_serve
     assert page.locator(".jp-OutputArea .jupyter-widgets").count() > 0, "no widget rendered"
     assert page.locator(".js-plotly-plot").count() > 0, "no plotly figure rendered"
     assert page.get_by_text("Loading widget", exact=False).count() == 0
+    labels = page.evaluate(WIDGET_LABELS)
+    cut = [text for text, scroll_width, client_width in labels if scroll_width > client_width]
+    assert cut == [], f"widget labels cut short (their text is wider than the label): {cut}"
 
     players = step_players(page)
     assert players.count() > 0, f"{notebook} shows no step player (play button + slider + figure)"

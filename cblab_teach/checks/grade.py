@@ -1,0 +1,337 @@
+"""Grade a class: every learner's exercise notebooks, each in a fresh kernel, into ``grades.csv`` and ``grades.html``.
+
+The folder is laid out as nbgrader lays out submissions, one folder per learner::
+
+    DIR/<learner>/<exercise>.ipynb        e.g. DIR/ada/ex01_ragged_mask.ipynb
+
+Each notebook runs top to bottom in its own kernel, in a temporary working
+directory, with a time limit on its cells; then the exercise's own check runs in
+that kernel against the learner's definition (the notebook's own ``check(...)``
+cell is left out, so the check runs once). One notebook's crash, hang or broken
+JSON becomes its row's status and never stops the others.
+
+Running learners' code is the point, so it runs with the rights of whoever runs
+the grader: grade a class in a container or a throw-away account.
+
+    python -m cblab_teach.checks grade DIR [--time-limit 300] [--check-limit 300] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import re
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from . import get_exercise
+from ._base import UnknownExerciseError
+
+STATUSES = ("pass", "fail", "error", "timeout", "invalid", "missing")
+STATUS_MEANING = {
+    "pass": "every case of the check passed",
+    "fail": "the check ran and a case failed (or the stub is still in place)",
+    "error": "the notebook raised outside a cell tagged raises-exception, never defined the answer, or its kernel died",
+    "timeout": "the notebook's cells (or the check) ran past the time limit",
+    "invalid": "not a notebook (broken JSON, wrong format) or not named after an exercise",
+    "missing": "another learner handed this exercise in; this learner did not",
+}
+STATUS_COLOURS = {
+    "pass": "#d7f5dd",
+    "fail": "#ffe0b3",
+    "error": "#ffc9c9",
+    "timeout": "#e5d4ff",
+    "invalid": "#dddddd",
+    "missing": "#ffffff",
+}
+
+
+@dataclass
+class Grade:
+    """One row of ``grades.csv``: a learner's result on one exercise."""
+
+    learner: str
+    exercise: str
+    status: str
+    cases_passed: int = 0
+    cases_total: int = 0
+    detail: str = ""  # the first failing case (fail), or what went wrong (error, timeout, invalid)
+    seconds: float = 0.0
+
+
+@dataclass
+class Submission:
+    learner: str
+    exercise: str
+    path: Path
+
+
+def find_submissions(folder: Path) -> list[Submission]:
+    """``folder/<learner>/<name>.ipynb``, sorted; hidden folders and Jupyter checkpoints are not submissions."""
+    found = []
+    for learner in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for notebook in sorted(learner.glob("*.ipynb")):
+            found.append(Submission(learner.name, notebook.stem, notebook))
+    return found
+
+
+def grading_source(exercise: str, marker: str, seed: int) -> str:
+    """The cell appended to a learner's notebook: run the check on their definition, print one JSON line."""
+    return f'''
+def _cblab_grade():
+    import json
+    from cblab_teach.checks import check, get_exercise
+
+    entry = get_exercise({exercise!r}).entry
+    learner = globals().get(entry)
+    if learner is None:
+        return {{"status": "error", "detail": "the notebook never defines " + entry}}
+    result = check({exercise!r}, learner, seed={seed}, verbose=False)
+    first = result.failures[0] if result.failures else None
+    detail = "" if first is None else (
+        f"case {{first.case}}: input {{first.inputs}}; expected {{first.expected}}; got {{first.got}}; hint {{first.hint}}"
+    )
+    return {{"status": "pass" if result.passed else "fail", "cases_passed": len(result.passed_cases),
+            "cases_total": result.total, "detail": detail}}
+
+
+print({marker!r} + __import__("json").dumps(_cblab_grade()))
+'''
+
+
+def calls_own_check(source: str, exercise: str) -> bool:
+    """The notebook's ``check("exNN_...", ...)`` cell: the grader runs the check itself, once."""
+    return re.search(rf"\bcheck\(\s*[\"']{re.escape(exercise)}[\"']", source) is not None
+
+
+def read_submission(path: Path) -> nbformat.NotebookNode:
+    """The notebook, or ``ValueError`` saying why it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the file: {e}") from None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON: {e}") from None
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+    except Exception as e:  # nbformat raises several types for a JSON file that is not a notebook
+        raise ValueError(f"not a Jupyter notebook: {str(e).splitlines()[0][:200]}") from None
+    return nb
+
+
+def grade_notebook(
+    sub: Submission, time_limit: float = 300, check_limit: float = 300, seed: int = 0, kernel: str = "python3"
+) -> Grade:
+    """Execute one submission in a fresh kernel and a temporary directory, then run its exercise's check there."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    started = time.perf_counter()
+
+    def done(status: str, detail: str = "", **extra: Any) -> Grade:
+        return Grade(sub.learner, sub.exercise, status, detail=one_line(detail), seconds=round(time.perf_counter() - started, 1), **extra)
+
+    try:
+        get_exercise(sub.exercise)  # an exercise, or a project such as capstone_engine
+    except UnknownExerciseError as e:
+        return done("invalid", f"{sub.path.name} is not named after an exercise: {e}")
+    try:
+        nb = read_submission(sub.path)
+    except ValueError as e:
+        return done("invalid", str(e))
+
+    marker = f"CBLAB-GRADE-{secrets.token_hex(8)}:"
+    nb.cells = [
+        c for c in nb.cells if not (c.cell_type == "code" and calls_own_check(c.source, sub.exercise))
+    ]
+    grading = nbformat.v4.new_code_cell(grading_source(sub.exercise, marker, seed))
+    nb.cells.append(grading)
+    deadline: list[float] = []
+    running: list[nbformat.NotebookNode] = []
+
+    def cell_timeout(cell: nbformat.NotebookNode) -> int:
+        running[:] = [cell]
+        if cell is grading:
+            return max(1, round(check_limit))
+        if not deadline:  # the clock starts with the first cell, not with the kernel's start-up
+            deadline.append(time.monotonic() + time_limit)
+        return max(1, round(deadline[0] - time.monotonic()))
+
+    with tempfile.TemporaryDirectory(prefix=f"grade-{sub.learner}-") as workdir:
+        client = NotebookClient(
+            nb,
+            kernel_name=kernel,
+            timeout_func=cell_timeout,
+            allow_errors=False,  # a cell tagged raises-exception may still raise, as in CI
+            resources={"metadata": {"path": workdir}},
+            startup_timeout=120,
+        )
+        try:
+            client.execute()
+        except CellTimeoutError:
+            if running and running[0] is grading:
+                return done("timeout", f"the check ran past {check_limit:g} s")
+            return done("timeout", f"the notebook's cells ran past {time_limit:g} s")
+        except DeadKernelError as e:
+            return done("error", f"the kernel died: {e}")
+        except CellExecutionError as e:
+            where = cell_number(nb, e)
+            return done("error", f"{where}{e.ename}: {e.evalue}")
+        except Exception as e:  # a kernel that never starts, a broken cell type: this row only
+            return done("error", f"{type(e).__name__}: {e}")
+
+    verdict = read_verdict(grading, marker)
+    if verdict is None:
+        return done("error", "the check printed no result")
+    return done(verdict.pop("status"), verdict.pop("detail", ""), **verdict)
+
+
+def cell_number(nb: nbformat.NotebookNode, error: Exception) -> str:
+    """'code cell 3: ' for the cell that raised (found by its source in the traceback message)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code[:-1], start=1):
+        if cell.source.strip() and cell.source.strip() in str(error):
+            return f"code cell {i}: "
+    return ""
+
+
+def read_verdict(cell: nbformat.NotebookNode, marker: str) -> dict[str, Any] | None:
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream":
+            for line in output.get("text", "").splitlines():
+                if line.startswith(marker):
+                    verdict = json.loads(line[len(marker) :])
+                    allowed = {f.name for f in fields(Grade)}
+                    return {k: v for k, v in verdict.items() if k in allowed}
+    return None
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def with_missing(grades: list[Grade]) -> list[Grade]:
+    """A ``missing`` row wherever a learner lacks an exercise that someone else handed in."""
+    learners = sorted({g.learner for g in grades})
+    exercises = sorted({g.exercise for g in grades})
+    seen = {(g.learner, g.exercise) for g in grades}
+    rows = grades + [Grade(name, ex, "missing") for name in learners for ex in exercises if (name, ex) not in seen]
+    return sorted(rows, key=lambda g: (g.learner, g.exercise))
+
+
+def grade_folder(
+    folder: Path, time_limit: float = 300, check_limit: float = 300, seed: int = 0, jobs: int = 1
+) -> list[Grade]:
+    """Grade every submission under ``folder`` (``jobs`` notebooks at a time); one row per learner and exercise."""
+    subs = find_submissions(folder)
+    if jobs <= 1 or len(subs) <= 1:
+        grades = [grade_notebook(s, time_limit, check_limit, seed) for s in subs]
+    else:  # separate processes: each kernel client has its own event loop, and one's trouble stays its own
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            grades = list(pool.map(grade_notebook, subs, *([x] * len(subs) for x in (time_limit, check_limit, seed))))
+    return with_missing(grades)
+
+
+def write_csv(grades: Iterable[Grade], path: Path) -> None:
+    names = [f.name for f in fields(Grade)]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for g in grades:
+            writer.writerow(asdict(g))
+
+
+def summary_html(grades: list[Grade], title: str) -> str:
+    """Learners down, exercises across, a coloured status in each cell (its detail on hover), pass counts below."""
+    learners = sorted({g.learner for g in grades})
+    exercises = sorted({g.exercise for g in grades})
+    cell = {(g.learner, g.exercise): g for g in grades}
+    esc = html.escape
+    head = "".join(f"<th>{esc(ex)}</th>" for ex in exercises)
+    rows = []
+    for name in learners:
+        tds = []
+        for ex in exercises:
+            g = cell[(name, ex)]
+            cases = f" {g.cases_passed}/{g.cases_total}" if g.cases_total else ""
+            tds.append(
+                f'<td class="{g.status}" title="{esc(g.detail)}">{g.status}{cases}'
+                + (f"<div class=detail>{esc(g.detail[:160])}</div>" if g.detail else "")
+                + "</td>"
+            )
+        rows.append(f"<tr><th>{esc(name)}</th>{''.join(tds)}</tr>")
+    passes = "".join(
+        f"<td>{sum(cell[(n, ex)].status == 'pass' for n in learners)}/{len(learners)}</td>" for ex in exercises
+    )
+    styles = "\n".join(f"  td.{s} {{ background: {c}; }}" for s, c in STATUS_COLOURS.items())
+    legend = "".join(f'<li><b>{s}</b>: {esc(m)}</li>' for s, m in STATUS_MEANING.items())
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{esc(title)}</title>
+<style>
+  body {{ font-family: system-ui, sans-serif; margin: 2rem; }}
+  table {{ border-collapse: collapse; }}
+  th, td {{ border: 1px solid #bbb; padding: .3rem .5rem; vertical-align: top; text-align: left; }}
+  .detail {{ font-size: .75rem; color: #444; max-width: 18rem; }}
+{styles}
+</style>
+</head>
+<body>
+<h1>{esc(title)}</h1>
+<table>
+<tr><th>learner</th>{head}</tr>
+{chr(10).join(rows)}
+<tr><th>passed</th>{passes}</tr>
+</table>
+<ul>{legend}</ul>
+</body>
+</html>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cblab_teach.checks grade", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("folder", type=Path, help="DIR holding DIR/<learner>/<exercise>.ipynb")
+    parser.add_argument("--time-limit", type=float, default=300, help="seconds a notebook's cells may run in all")
+    parser.add_argument("--check-limit", type=float, default=300, help="seconds the check may run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the checks' randomised cases")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at the same time")
+    parser.add_argument("--out", type=Path, help="where grades.csv and grades.html go (default: DIR)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"{args.folder} is not a folder", file=sys.stderr)
+        return 2
+    grades = grade_folder(args.folder, args.time_limit, args.check_limit, args.seed, args.jobs)
+    out = args.out or args.folder
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(grades, out / "grades.csv")
+    (out / "grades.html").write_text(summary_html(grades, f"Grades: {args.folder.resolve().name}"), encoding="utf-8")
+    for g in grades:
+        print(f"{g.learner:<20} {g.exercise:<30} {g.status:<8} {g.detail[:80]}")
+    counts = ", ".join(f"{sum(g.status == s for g in grades)} {s}" for s in STATUSES)
+    print(f"{len(grades)} rows ({counts}); wrote {out / 'grades.csv'} and {out / 'grades.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

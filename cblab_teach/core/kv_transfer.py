@@ -1,0 +1,195 @@
+"""Hand a prefilled request from one engine to another: its state, and its K/V block by block.
+
+This is what disaggregated serving moves between a prefill engine and a decode engine
+(:mod:`cblab_teach.advanced.disaggregated`). A request is ready to move once its prompt's
+K/V is stored and its first token is sampled: exactly one token (that first one) waits to
+be fed back, so the receiving engine schedules it as an ordinary decode.
+
+The K/V travels in blocks of the sender's ``block_size`` tokens (for a paged pool, one
+physical block each; for a dense pool, slices of its contiguous range). The receiver writes
+each block into whatever slots its own layout gives those positions, so the two engines may
+use different layouts and block sizes. ``nbytes`` counts exactly the tensors that move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import KVCacheError, RequestError, UnknownAdapterError
+from .kv_cache import KVCache
+from .request import Request, RequestState, SamplingParams
+from .scheduler import is_decoding
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+@dataclass
+class KVBlock:
+    """K and V of positions ``[start, start + tokens)`` over every layer: ``[layers, tokens, kv_heads, head_dim]``."""
+
+    start: int
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.k.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+@dataclass
+class PrefilledRequest:
+    """Everything a decode engine needs to continue a request: plain data, so it can cross a process boundary."""
+
+    request_id: int
+    prompt_ids: list[int]
+    output_ids: list[int]  # tokens sampled so far (the first one, when a prefill engine hands it over)
+    max_new_tokens: int
+    sampling: SamplingParams
+    eos_token_id: int | None
+    priority: int
+    adapter: str | None
+    generator_state: torch.Tensor | None  # a sampled request's RNG state after its first token
+    arrival_time: float  # when it first arrived (perf_counter), so TTFT and E2E span both engines
+    token_times: list[float]
+    blocks: list[KVBlock] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens whose K/V travels: all but the last sampled one (the receiver computes that one's K/V)."""
+        return sum(b.num_tokens for b in self.blocks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks)
+
+
+def read_blocks(kv: KVCache, request_id: int, num_tokens: int, block_size: int) -> list[KVBlock]:
+    """A request's K/V for positions ``[0, num_tokens)`` as blocks of ``block_size`` tokens (copies)."""
+    layers = kv.k.shape[0]
+    blocks = []
+    for start in range(0, num_tokens, block_size):
+        pos = torch.arange(start, min(num_tokens, start + block_size), device=kv.k.device)
+        slots = kv.slots([request_id], torch.zeros_like(pos), pos)
+        pairs = [kv.read(layer, slots) for layer in range(layers)]
+        k = torch.stack([p[0] for p in pairs]).clone()
+        v = torch.stack([p[1] for p in pairs]).clone()
+        blocks.append(KVBlock(start, k, v))
+    return blocks
+
+
+def write_blocks(kv: KVCache, request_id: int, blocks: Sequence[KVBlock]) -> None:
+    """Store received blocks in this pool's own slots for those positions (the request is admitted already)."""
+    for block in blocks:
+        end = block.start + block.num_tokens
+        kv.ensure(request_id, end)
+        pos = torch.arange(block.start, end, device=kv.k.device)
+        slots = kv.slots([request_id], torch.zeros_like(pos), pos)
+        for layer in range(block.k.shape[0]):
+            kv.k[layer, slots] = block.k[layer].to(kv.k.device)
+            kv.v[layer, slots] = block.v[layer].to(kv.v.device)
+
+
+def export_prefilled(engine: Engine, request_id: int) -> PrefilledRequest:
+    """Take a request that has its first token out of ``engine``: copy its K/V, free it there, forget it."""
+    req = engine.request(request_id)
+    if req not in engine.running or not is_decoding(req):
+        raise RequestError(
+            f"request {request_id} cannot be handed over: it must hold KV with its prompt computed and one "
+            f"sampled token waiting (state {req.state.value}, {req.num_computed} of {req.num_tokens} tokens computed)"
+        )
+    gen = req.generator.get_state() if req.generator is not None else None
+    handoff = PrefilledRequest(
+        request_id=req.request_id,
+        prompt_ids=list(req.prompt_ids),
+        output_ids=list(req.output_ids),
+        max_new_tokens=req.max_new_tokens,
+        sampling=req.sampling,
+        eos_token_id=req.eos_token_id,
+        priority=req.priority,
+        adapter=req.adapter,
+        generator_state=gen,
+        arrival_time=req.arrival_time,
+        token_times=list(req.token_times),
+        blocks=read_blocks(engine.kv, request_id, req.num_computed, engine.config.block_size),
+    )
+    engine.kv.free(request_id)
+    engine.running.remove(req)
+    del engine.requests[request_id]
+    return handoff
+
+
+def _slots_needed(engine: Engine, handoff: PrefilledRequest) -> int:
+    """What admission must find free: the worst case, or (preemption mode) just the K/V that arrives plus one."""
+    worst = len(handoff.prompt_ids) + handoff.max_new_tokens - 1
+    return handoff.num_tokens + 1 if engine.config.preemption else worst
+
+
+def can_import(engine: Engine, handoff: PrefilledRequest) -> bool:
+    """Is there room for this request in ``engine`` now (a running slot and the KV it will need)?"""
+    return len(engine.running) < engine.config.max_running and engine.kv.fits([_slots_needed(engine, handoff)])
+
+
+def _check_blocks(engine: Engine, handoff: PrefilledRequest) -> None:
+    cfg = engine.model.config
+    expected = len(handoff.prompt_ids) + len(handoff.output_ids) - 1
+    position = 0
+    for block in handoff.blocks:
+        shape = (cfg.num_layers, block.num_tokens, cfg.kv_heads, cfg.head_dim)
+        if block.start != position or tuple(block.k.shape) != shape or tuple(block.v.shape) != shape:
+            raise KVCacheError(
+                f"request {handoff.request_id}: KV block at position {block.start} has shape {tuple(block.k.shape)}; "
+                f"this engine expects blocks in order from 0, each [layers, tokens, kv_heads, head_dim] = {shape}"
+            )
+        position += block.num_tokens
+    if position != expected or not handoff.output_ids:
+        raise KVCacheError(
+            f"request {handoff.request_id}: got K/V for {position} tokens and {len(handoff.output_ids)} sampled "
+            f"tokens; a hand-over brings at least one sampled token and the K/V of every token before the last"
+        )
+
+
+def import_prefilled(engine: Engine, handoff: PrefilledRequest) -> int:
+    """Continue in ``engine`` a request another engine prefilled; it decodes at ``engine``'s next step."""
+    if not isinstance(handoff, PrefilledRequest):
+        raise RequestError(f"import_prefilled needs a PrefilledRequest (from export_prefilled), got {handoff!r}")
+    rid = handoff.request_id
+    prompt = engine._validate(handoff.prompt_ids, handoff.max_new_tokens, rid, handoff.sampling, handoff.priority)
+    if handoff.adapter is not None and handoff.adapter not in engine.adapters:
+        raise UnknownAdapterError(f"request {rid}: unknown adapter {handoff.adapter!r}; add it with add_adapter")
+    _check_blocks(engine, handoff)
+    if not can_import(engine, handoff):
+        raise KVCacheError(f"request {rid}: no room in this engine now (running slots or KV blocks); try later")
+    req = Request(
+        request_id=rid,
+        prompt_ids=prompt,
+        max_new_tokens=handoff.max_new_tokens,
+        sampling=handoff.sampling,
+        eos_token_id=handoff.eos_token_id,
+        priority=handoff.priority,
+        arrival=engine._arrivals,
+        output_ids=list(handoff.output_ids),
+        state=RequestState.DECODE,
+        adapter=handoff.adapter,
+    )
+    if handoff.generator_state is not None:
+        req.generator.set_state(handoff.generator_state)
+    req.arrival_time = handoff.arrival_time
+    req.arrival_step = len(engine.records)
+    req.token_times = list(handoff.token_times)
+    engine.kv.admit(rid, req.max_total_tokens, reserve=not engine.config.preemption)
+    write_blocks(engine.kv, rid, handoff.blocks)
+    req.num_computed = handoff.num_tokens
+    engine._arrivals += 1
+    engine._next_id = max(engine._next_id, rid + 1)
+    engine.requests[rid] = req
+    engine.running.append(req)
+    return rid

@@ -1,0 +1,127 @@
+"""Where a step's time goes: a ``torch.profiler`` breakdown, and the matmul-only limit to hold it against.
+
+:func:`profile_breakdown` serves a workload with ``torch.profiler`` on and labels five regions of every step
+with ``record_function`` (wrapped around the engine's own methods for that run only, nothing changes in the
+engine): the matrix multiplies (every ``nn.Linear``), attention, KV reads and writes, the rest of the model's math
+(embedding, RMSNorm, RoPE, SwiGLU's activation) and what is left of the step, Python bookkeeping (scheduling,
+building the batch, sampling, commit).
+
+:func:`matmul_limit_s` times only the matrix multiplies the same steps need (q/k/v/o, gate/up/down at the
+step's token count, the LM head at its sample rows) with the model's own weights: no engine on this hardware
+can do the same math in less, so ``step time / limit`` says how much is left to win.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+
+CATEGORIES = ("matmuls", "attention", "KV reads and writes", "other model math", "Python and bookkeeping")
+
+
+@contextmanager
+def _labelled(obj, name: str, label: str):
+    """Run ``obj.name`` inside ``record_function(label)`` for the duration of the block."""
+    own = name in vars(obj)
+    original = getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return original(*args, **kwargs)
+
+    setattr(obj, name, wrapped)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(obj, name, original)
+        else:
+            delattr(obj, name)
+
+
+def step_shapes(records: Iterable) -> list[tuple[int, int]]:
+    """``(tokens, sample rows)`` of every step: the shapes its matrix multiplies run at."""
+    return [(r.plan.used, sum(c.num_logits for c in r.plan.chunks)) for r in records]
+
+
+def _linears(model) -> tuple[list[nn.Linear], nn.Linear]:
+    body = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"]
+    return body, model.lm_head
+
+
+@torch.no_grad()
+def matmul_limit_s(
+    model, shapes: Iterable[tuple[int, int]], repeats: int = 3, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds the steps' matrix multiplies alone take (each distinct shape timed ``repeats`` times, fastest kept).
+
+    ``clock=time.process_time`` counts this process's CPU time only: steadier on a machine other jobs share.
+    """
+    body, head = _linears(model)
+    hidden = model.config.hidden_size
+    counts: dict[tuple[int, int], int] = {}
+    for shape in shapes:
+        counts[shape] = counts.get(shape, 0) + 1
+    total = 0.0
+    for (tokens, rows), n in counts.items():
+        xs = {lin.in_features: torch.randn(tokens, lin.in_features, dtype=model.dtype, device=model.device) for lin in body}
+        h = torch.randn(rows, hidden, dtype=model.dtype, device=model.device)
+
+        def once(xs=xs, h=h):
+            for lin in body:
+                nn.functional.linear(xs[lin.in_features], lin.weight)
+            nn.functional.linear(h, head.weight)
+
+        once()
+        best = float("inf")
+        for _ in range(repeats):
+            start = clock()
+            once()
+            best = min(best, clock() - start)
+        total += n * best
+    return total
+
+
+def profile_breakdown(make_engine: Callable, prompts, max_new_tokens) -> dict:
+    """Serve once under ``torch.profiler``; seconds per category of :data:`CATEGORIES`, and the top ops.
+
+    Returns ``{"seconds": {category: s}, "step_s": total, "records": [...], "top_ops": [(name, self s), ...]}``.
+    """
+    from ..model import tiny_lm
+
+    engine = make_engine()
+    for p, n in zip(prompts, max_new_tokens):
+        engine.add_request(p, n)
+    body, head = _linears(engine.model)
+    with ExitStack() as stack:
+        stack.enter_context(_labelled(engine.model, "forward", "cb::forward"))
+        stack.enter_context(_labelled(engine.model, "attend_cached", "cb::attention"))
+        stack.enter_context(_labelled(tiny_lm.StepContext, "__init__", "cb::step_context"))
+        stack.enter_context(_labelled(engine.kv, "read", "cb::kv_read"))
+        stack.enter_context(_labelled(engine.kv, "write", "cb::kv_write"))
+        stack.enter_context(_labelled(tiny_lm, "gather_by_flatten", "cb::kv_read"))
+        for lin in [*body, head]:
+            stack.enter_context(_labelled(lin, "forward", "cb::matmul"))
+        prof = stack.enter_context(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
+        records = engine.run()
+    label = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("cb::")}
+    step_s = sum(r.duration_s for r in records)
+    forward, attention = label.get("cb::forward", 0.0), label.get("cb::attention", 0.0)
+    read, write, matmul = label.get("cb::kv_read", 0.0), label.get("cb::kv_write", 0.0), label.get("cb::matmul", 0.0)
+    context = label.get("cb::step_context", 0.0)  # slots and layout of the step: bookkeeping, not math
+    seconds = {  # reads happen inside attention, writes beside it: each counted once
+        "matmuls": matmul,
+        "attention": max(0.0, attention - read),
+        "KV reads and writes": read + write,
+        "other model math": max(0.0, forward - matmul - attention - write - context),
+        "Python and bookkeeping": max(0.0, step_s - forward + context),
+    }
+    ops = sorted(
+        ((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages() if not e.key.startswith("cb::")),
+        key=lambda kv_: -kv_[1],
+    )
+    return {"seconds": seconds, "step_s": step_s, "records": records, "top_ops": ops[:12]}

@@ -1,0 +1,92 @@
+"""Shapes of real models, copied from each model's public ``config.json``, with the link beside the numbers.
+
+Only what the memory and roofline arithmetic needs: layers, query heads, KV heads, head size, parameters.
+Parameter counts of the dense models are computed from the same config (embeddings, attention and MLP
+projections, norms); each agrees with the size the model card states (8.03B, 70.6B, 7.62B, 7.25B, 9.24B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HF = "https://huggingface.co"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What serving a model costs in memory: its weights and, per token, its KV cache."""
+
+    name: str
+    layers: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    params: int  # every weight (for a mixture of experts: all experts)
+    active_params: int  # weights one token multiplies with (== params for dense models)
+    source: str  # the config.json the numbers were checked against
+    checked_via: str = ""  # where that file's text was read, when not at the source itself
+    kv_latent_dim: int | None = None  # MLA: kv_lora_rank + qk_rope_head_dim, cached instead of K and V
+    v_head_dim: int | None = None  # MLA: the value width attention multiplies with (kv_lora_rank when absorbed)
+    sliding_window: int | None = None
+    sliding_layers: int = 0  # how many layers attend only to the last ``sliding_window`` tokens
+    note: str = ""
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_latent_dim is not None
+
+    @property
+    def gqa_group(self) -> int:
+        """Query heads per KV head (1 = plain multi-head attention)."""
+        return self.q_heads // self.kv_heads
+
+
+MODEL_SHAPES: dict[str, ModelShape] = {
+    "Llama-3.1-8B": ModelShape(
+        "Llama-3.1-8B", layers=32, q_heads=32, kv_heads=8, head_dim=128,
+        params=8_030_261_248, active_params=8_030_261_248,
+        source=f"{HF}/meta-llama/Llama-3.1-8B/blob/main/config.json",
+        checked_via=f"{HF}/NbAiLab/nb-llama-3.1-8B/blob/main/config.json (a copy naming meta-llama/Llama-3.1-8B)",
+        note="hidden 4096, intermediate 14336, vocab 128256, untied embeddings",
+    ),
+    "Llama-3.1-70B": ModelShape(
+        "Llama-3.1-70B", layers=80, q_heads=64, kv_heads=8, head_dim=128,
+        params=70_553_706_496, active_params=70_553_706_496,
+        source=f"{HF}/meta-llama/Llama-3.1-70B/blob/main/config.json",
+        checked_via=f"{HF}/mattshumer/Reflection-70B-Draft/blob/refs%2Fpr%2F1/config.json (names Llama-3.1-70B-Instruct)",
+        note="hidden 8192, intermediate 28672, vocab 128256, untied embeddings",
+    ),
+    "Qwen2.5-7B": ModelShape(
+        "Qwen2.5-7B", layers=28, q_heads=28, kv_heads=4, head_dim=128,
+        params=7_615_616_512, active_params=7_615_616_512,
+        source=f"{HF}/Qwen/Qwen2.5-7B/blob/main/config.json",
+        checked_via=f"{HF}/fblgit/cybertron-v4-qw7B-MGS/blob/main/config.json (names Qwen/Qwen2.5-7B)",
+        note="hidden 3584, intermediate 18944, vocab 152064, q/k/v biases, untied embeddings",
+    ),
+    "Mistral-7B-v0.3": ModelShape(
+        "Mistral-7B-v0.3", layers=32, q_heads=32, kv_heads=8, head_dim=128,
+        params=7_248_023_552, active_params=7_248_023_552,
+        source=f"{HF}/mistralai/Mistral-7B-v0.3/blob/main/config.json",
+        checked_via=f"{HF}/mistralai/Mistral-7B-Instruct-v0.3/blob/c170c708c41dac9275d15a8fff4eca08d52bab71/config.json",
+        note="hidden 4096, intermediate 14336, vocab 32768, sliding_window null (full attention)",
+    ),
+    "Gemma-2-9B": ModelShape(
+        "Gemma-2-9B", layers=42, q_heads=16, kv_heads=8, head_dim=256,
+        params=9_241_705_984, active_params=9_241_705_984,
+        source=f"{HF}/google/gemma-2-9b/blob/main/config.json",
+        checked_via=f"{HF}/ashercn97/blanked-v011/blob/main/config.json (names google/gemma-2-9b)",
+        sliding_window=4096, sliding_layers=21,
+        note="head_dim 256 (not hidden/heads = 224); local (4096-token window) and global layers alternate; "
+        "hidden 3584, intermediate 14336, vocab 256000, tied embeddings",
+    ),
+    "DeepSeek-V3": ModelShape(
+        "DeepSeek-V3", layers=61, q_heads=128, kv_heads=1, head_dim=192,
+        params=671_000_000_000, active_params=37_000_000_000,
+        source=f"{HF}/deepseek-ai/DeepSeek-V3/blob/main/config.json",
+        checked_via="https://huggingface.co/amd/DeepSeek-R1-0528-MXFP4/blob/main/config.json (same architecture) and "
+        "https://github.com/deepseek-ai/DeepSeek-V3 README (671B total, 37B activated)",
+        kv_latent_dim=512 + 64, v_head_dim=512,
+        note="MLA: kv_lora_rank 512 + qk_rope_head_dim 64 cached per layer per token, shared by all 128 heads; "
+        "query/key head 192 = 128 + 64; MoE 256 routed experts, 8 per token; params exclude the 14B MTP module",
+    ),
+}

@@ -1,0 +1,104 @@
+"""Roofline arithmetic: FLOPs per byte of one forward step, and the batch where decode stops being memory-bound.
+
+One step multiplies every token by every (active) weight, ``2 x active_params`` FLOPs per token, and attends to
+its keys, ``2 x layers x q_heads x (qk_dim + v_dim)`` FLOPs per key. It reads every weight once and, for decode,
+every cached key and value of the batch. Activations are left out (small next to weights and KV).
+
+    decode, B requests with context c:  FLOPs = B (2 P + A c)   bytes = W + B c kv
+    prefill, T prompt tokens of length c: FLOPs = T (2 P + A c / 2)   bytes = W + T kv   (causal: c/2 keys on average)
+
+The GPU's ridge point is peak FLOP/s / bandwidth: below it a step waits on memory, above it on arithmetic.
+For a mixture of experts the bytes count only the active experts: a lower bound, since a large batch touches more.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+from ._lookup import as_gpu, as_shape, dtype_bytes, positive_int
+from .gpus import GPUSpec
+from .memory import kv_bytes_per_token
+from .models import ModelShape
+
+PHASES = ("decode", "prefill")
+
+
+def peak_flops(gpu: GPUSpec | str, dtype: str = "bf16") -> float:
+    """Dense tensor-core FLOP/s of ``gpu`` when the matmuls run in ``dtype``."""
+    g = as_gpu(gpu)
+    dtype_bytes(dtype)
+    table = {"bf16": g.bf16_tflops, "fp16": g.bf16_tflops, "fp8": g.fp8_tflops, "int8": g.int8_tops}
+    if table.get(dtype) is None:
+        have = sorted(k for k, v in table.items() if v is not None)
+        raise ConfigError(f"{g.name} has no dense tensor-core figure for {dtype!r}; accepted: {have}")
+    return table[dtype] * 1e12
+
+
+def ridge_point(gpu: GPUSpec | str, dtype: str = "bf16") -> float:
+    """FLOPs per byte at which ``gpu`` turns from memory-bound to compute-bound."""
+    return peak_flops(gpu, dtype) / as_gpu(gpu).bandwidth_bytes_per_s
+
+
+def attention_flops_per_key(shape: ModelShape | str) -> float:
+    """FLOPs one query token spends on one cached key over all layers (QK^T plus PV)."""
+    s = as_shape(shape)
+    qk_dim = s.kv_latent_dim if s.is_mla else s.head_dim  # MLA with the up-projections absorbed
+    v_dim = s.v_head_dim if s.is_mla else s.head_dim
+    return 2 * s.layers * s.q_heads * (qk_dim + v_dim)
+
+
+def step_flops_and_bytes(
+    shape: ModelShape | str,
+    batch_tokens: int,
+    context_len: int,
+    phase: str = "decode",
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+) -> tuple[float, float]:
+    """FLOPs and bytes moved by one step (see the module docstring for the model)."""
+    s = as_shape(shape)
+    positive_int("batch_tokens", batch_tokens)
+    positive_int("context_len", context_len)
+    if phase not in PHASES:
+        raise ConfigError(f"phase must be one of {PHASES}, got {phase!r}")
+    weights = s.active_params * dtype_bytes(dtype)
+    kv = kv_bytes_per_token(s, kv_dtype or dtype)
+    attn = attention_flops_per_key(s)
+    if phase == "decode":
+        return batch_tokens * (2 * s.active_params + attn * context_len), weights + batch_tokens * context_len * kv
+    return batch_tokens * (2 * s.active_params + attn * context_len / 2), weights + batch_tokens * kv
+
+
+def arithmetic_intensity(
+    shape: ModelShape | str,
+    batch_tokens: int,
+    context_len: int,
+    phase: str = "decode",
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+) -> float:
+    """FLOPs per byte of one step: ``batch_tokens`` decoding requests (or prompt tokens, for prefill)."""
+    flops, moved = step_flops_and_bytes(shape, batch_tokens, context_len, phase, dtype, kv_dtype)
+    return flops / moved
+
+
+def decode_compute_bound_batch(
+    shape: ModelShape | str,
+    gpu: GPUSpec | str,
+    context_len: int,
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+) -> int | None:
+    """Smallest decode batch whose intensity reaches the ridge point; None if no batch does (KV reads grow with
+    the batch as fast as FLOPs, so long contexts can keep decode memory-bound at any batch size)."""
+    s = as_shape(shape)
+    positive_int("context_len", context_len)
+    ridge = ridge_point(gpu, dtype)
+    weights = s.active_params * dtype_bytes(dtype)
+    kv = kv_bytes_per_token(s, kv_dtype or dtype)
+    per_request_flops = 2 * s.active_params + attention_flops_per_key(s) * context_len
+    gain = per_request_flops - ridge * context_len * kv  # intensity(B) >= ridge  <=>  B * gain >= ridge * weights
+    if gain <= 0:
+        return None
+    return max(1, math.ceil(ridge * weights / gain))

@@ -1,0 +1,284 @@
+"""Where am I? A learner's local record of passed checks, and a map of the course that shows it.
+
+Every ``check(...)`` run and every quiz mark is recorded in one small JSON file,
+``~/.cblab_teach/progress.json`` (or the path in the ``CBLAB_TEACH_PROGRESS``
+environment variable; ``CBLAB_TEACH_PROGRESS=off`` records nothing). Nothing
+leaves the machine, and deleting the file starts the record afresh::
+
+    import cblab_teach
+    cblab_teach.progress()          # in a notebook: the course map, done items ticked
+
+    make progress                   # the same map in a terminal
+    make progress ARGS=--reset      # forget everything (or delete the file)
+
+A missing or corrupt file never breaks a check: a corrupt one is moved aside
+(``progress.json.corrupt``) with a warning and a fresh record starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV = "CBLAB_TEACH_PROGRESS"
+DEFAULT = Path("~/.cblab_teach/progress.json")
+VERSION = 1
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ProgressWarning(UserWarning):
+    """The progress file could not be read or written; the check itself is unaffected."""
+
+
+def progress_path() -> Path | None:
+    """The file the record lives in; None when recording is switched off."""
+    value = os.environ.get(ENV, "").strip()
+    if value.lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value).expanduser() if value else DEFAULT.expanduser()
+
+
+def _empty() -> dict[str, Any]:
+    return {"version": VERSION, "checks": {}, "quiz": None}
+
+
+def _valid(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("checks"), dict)
+        and all(isinstance(v, dict) and isinstance(v.get("passed"), bool) for v in data["checks"].values())
+        and (data.get("quiz") is None or isinstance(data.get("quiz"), dict))
+    )
+
+
+def load(path: Path | None = None) -> dict[str, Any]:
+    """The record; empty when there is none yet. A corrupt file is moved aside with a warning."""
+    path = progress_path() if path is None else path
+    if path is None or not path.exists():
+        return _empty()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if _valid(data):
+        return data
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        path.replace(aside)
+        where = f"moved to {aside}"
+    except OSError:
+        where = "left in place"
+    warnings.warn(
+        f"progress file {path} was unreadable ({where}); starting a fresh record", ProgressWarning, stacklevel=2
+    )
+    return _empty()
+
+
+def save(data: dict[str, Any], path: Path | None = None) -> bool:
+    """Write the record atomically; a failure is a warning, never an error."""
+    path = progress_path() if path is None else path
+    if path is None:
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        warnings.warn(f"could not write progress file {path}: {e}", ProgressWarning, stacklevel=2)
+        return False
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime())
+
+
+def record_check(result) -> None:
+    """Note one check run (a :class:`~cblab_teach.checks.CheckResult`); a pass, once recorded, stays."""
+    path = progress_path()
+    if path is None:
+        return
+    data = load(path)
+    entry = data["checks"].get(result.exercise, {"passed": False})
+    entry["last_run"] = _now()
+    entry["last_cases"] = f"{len(result.passed_cases)}/{result.total}"
+    if result.passed:
+        entry["passed"] = True
+        entry.setdefault("first_passed", entry["last_run"])
+    data["checks"][result.exercise] = entry
+    save(data, path)
+
+
+def record_quiz(known: int, answered: int) -> None:
+    """Note the quiz score of this session, and keep the best one."""
+    path = progress_path()
+    if path is None or answered <= 0:
+        return
+    data = load(path)
+    quiz = data.get("quiz") or {}
+    quiz.update(known=int(known), answered=int(answered), updated=_now())
+    if int(known) >= int(quiz.get("best_known", -1)):
+        quiz["best_known"], quiz["best_answered"] = int(known), int(answered)
+    data["quiz"] = quiz
+    save(data, path)
+
+
+def reset() -> None:
+    """Forget everything (delete the file)."""
+    path = progress_path()
+    if path is not None and path.exists():
+        path.unlink()
+
+
+# -- the course map ---------------------------------------------------------------------------
+@dataclass
+class Item:
+    name: str
+    kind: str  # "notebook", "exercise", "capstone"
+    done: bool | None  # None: nothing to pass here
+    note: str = ""
+    children: tuple = ()
+
+
+def course_notebooks() -> list[str]:
+    folder = REPO / "notebooks"
+    return sorted(p.stem for p in folder.glob("[0-9][0-9]_*.ipynb")) if folder.is_dir() else []
+
+
+def course_map(data: dict[str, Any] | None = None) -> list[Item]:
+    """Notebooks in course order, each with the exercises that practise it; then the capstone."""
+    from .checks import EXERCISES, PROJECTS
+
+    data = load() if data is None else data
+    checks = data["checks"]
+
+    def exercise(name: str, kind: str) -> Item:
+        entry = checks.get(name, {})
+        note = (
+            f"passed {entry['first_passed']}"
+            if entry.get("passed")
+            else (f"tried {entry['last_run']} ({entry.get('last_cases', '?')} cases)" if entry else "")
+        )
+        return Item(name, kind, bool(entry.get("passed")), note)
+
+    by_course: dict[str, list[str]] = {}
+    for name, ex in EXERCISES.items():
+        by_course.setdefault(ex.course, []).append(name)
+    notebooks = course_notebooks()
+    items = []
+    for nb in notebooks + sorted(set(by_course) - set(notebooks)):
+        children = tuple(exercise(n, "exercise") for n in by_course.get(nb, []))
+        done = all(c.done for c in children) if children else None
+        items.append(Item(nb, "notebook", done, "" if nb in notebooks else "(notebook not here)", children))
+    items += [exercise(name, "capstone") for name in PROJECTS]
+    return items
+
+
+def _next_step(items: list[Item]) -> str:
+    """The exercises in number order, then the capstone."""
+    taught = {c.name: (c, item.name) for item in items for c in item.children}
+    for name in sorted(taught):
+        child, notebook = taught[name]
+        if not child.done:
+            return f"{name} (exercises/{name}.ipynb, taught in notebooks/{notebook}.ipynb)"
+    for item in items:
+        if item.kind == "capstone" and not item.done:
+            return f"the capstone (exercises/{item.name}.ipynb)"
+    return "nothing: every exercise and the capstone are done"
+
+
+def _quiz_line(data: dict[str, Any]) -> str:
+    q = data.get("quiz")
+    if not q:
+        return "Quiz: not taken yet (notebooks/16_interview_review_en.ipynb)"
+    return (
+        f"Quiz: {q['known']}/{q['answered']} known in the last session ({q.get('updated', '?')}), "
+        f"best {q.get('best_known', q['known'])}/{q.get('best_answered', q['answered'])}"
+    )
+
+
+def _counts(items: list[Item]) -> tuple[int, int]:
+    exercises = [c for i in items for c in i.children]
+    return sum(bool(c.done) for c in exercises), len(exercises)
+
+
+def render_text(data: dict[str, Any] | None = None) -> str:
+    data = load() if data is None else data
+    items = course_map(data)
+    mark = {True: "[x]", False: "[ ]", None: " - "}
+    done, total = _counts(items)
+    where = progress_path()
+    lines = [f"Course progress  ({where if where else 'recording is off'})", ""]
+    for item in items:
+        label = "capstone: " + item.name if item.kind == "capstone" else item.name
+        lines.append(f"{mark[item.done]} {label}  {item.note}".rstrip())
+        for child in item.children:
+            lines.append(f"      {mark[child.done]} {child.name}  {child.note}".rstrip())
+    lines += ["", f"Exercises passed: {done}/{total}", _quiz_line(data), f"Next: {_next_step(items)}"]
+    return "\n".join(lines)
+
+
+def render_html(data: dict[str, Any] | None = None) -> str:
+    data = load() if data is None else data
+    items = course_map(data)
+    mark = {True: "&#9989;", False: "&#11036;", None: "&#183;"}
+    rows = []
+    for item in items:
+        label = f"<b>capstone</b>: {item.name}" if item.kind == "capstone" else f"<b>{html.escape(item.name)}</b>"
+        rows.append(f"<tr><td>{mark[item.done]}</td><td>{label}</td><td>{html.escape(item.note)}</td></tr>")
+        for child in item.children:
+            rows.append(
+                f"<tr><td></td><td>{mark[child.done]} {html.escape(child.name)}</td>"
+                f"<td>{html.escape(child.note)}</td></tr>"
+            )
+    done, total = _counts(items)
+    where = html.escape(str(progress_path() or "recording is off"))
+    return (
+        f"<div class='cblab-progress'><p><b>Course progress</b> <small>({where})</small></p>"
+        f"<table>{''.join(rows)}</table>"
+        f"<p>Exercises passed: {done}/{total}<br>{html.escape(_quiz_line(data))}<br>"
+        f"Next: {html.escape(_next_step(items))}</p></div>"
+    )
+
+
+class ProgressView:
+    """What ``cblab_teach.progress()`` returns: HTML in a notebook, text in a terminal."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.items = course_map(data)
+
+    def _repr_html_(self) -> str:
+        return render_html(self.data)
+
+    def __str__(self) -> str:
+        return render_text(self.data)
+
+    __repr__ = __str__
+
+
+def progress() -> ProgressView:
+    """The course map with what you have done (read from the local progress file)."""
+    return ProgressView(load())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make progress ARGS=...", description=__doc__.splitlines()[0])
+    parser.add_argument("--reset", action="store_true", help="delete the progress file")
+    args = parser.parse_args(argv)
+    if args.reset:
+        reset()
+        print(f"progress reset ({progress_path()})")
+        return 0
+    print(render_text())
+    return 0

@@ -1,0 +1,126 @@
+"""``make slides`` in a real browser, offline: a deck opens, its slides advance, and its animated figure plays.
+
+A small notebook in the course's shape (title, set-up, the idea, a live demo with the
+engine's animated mask figure, a fragment, speaker notes, recap) is built into a
+temporary folder by scripts/build_slides.py, with its slide types filled in by
+scripts/slide_metadata.py's rules. Chromium opens it from ``file://`` with every other
+request refused: the test fails on any request at all, and on any console error.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from .conftest import ARTIFACTS, is_benign
+from .lab_server import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+FIGURE = "document.querySelector('.reveal .js-plotly-plot')"
+LESSON = [
+    ("markdown", "# 99 · A small deck\n\n**After this notebook you will be able to** read one step's mask."),
+    ("code", "import torch\n\nfrom cblab_teach.viz import setup_notebook\n\nsetup_notebook()\ntorch.manual_seed(0)"),
+    ("markdown", "## The idea\n\nQuery `i` reads key `j` iff same request and `pos(j) <= pos(i)`."),
+    ("markdown", "## Live: the mask, step by step"),
+    (
+        "code",
+        "from cblab_teach import Engine, EngineConfig\n"
+        "from cblab_teach.demo_model import load_char_model\n"
+        "from cblab_teach.viz import mask_figure\n\n"
+        "model, tok = load_char_model()\n"
+        "engine = Engine(model, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=4))\n"
+        'engine.generate([tok.encode(p) for p in ["Flat is ", "Now "]], max_new_tokens=3)\n'
+        "mask_figure(engine.records)",
+    ),
+    ("markdown", "(Ask the room first: how many keys does the decode row read?)"),
+    ("markdown", "**Check yourself.** Every request finished."),
+    ("code", "\n".join(["finished = set()"] + [f"# step {i}" for i in range(16)] + ["print(len(engine.requests))"])),
+    ("markdown", "## Recap\n\n* one mask per step"),
+]
+
+
+@pytest.fixture(scope="module")
+def deck(tmp_path_factory):
+    work = tmp_path_factory.mktemp("slides")
+    cells = [
+        nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+        for kind, src in LESSON
+    ]
+    notebook = work / "99_small_deck.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    out = work / "slides"
+    build = subprocess.run(
+        [sys.executable, "scripts/build_slides.py", "--notebook", str(notebook), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    return out
+
+
+def test_deck_ships_its_own_reveal_and_plotly(deck) -> None:
+    page = (deck / "99_small_deck.html").read_text(encoding="utf-8")
+    assert (deck / "reveal.js" / "dist" / "reveal.js").exists() and (deck / "plotly.js").exists()
+    assert 'src="reveal.js/dist/reveal.js"' in page and 'src="plotly.js"' in page
+    assert "https://" not in "".join(line for line in page.splitlines() if "<script" in line or "<link" in line)
+    assert '<aside class="notes">' in page, "the aside went to the speaker notes"
+    assert 'class="fragment"' in page, "the long check code is a fragment"
+    assert "99_small_deck.html" in (deck / "index.html").read_text(encoding="utf-8")
+
+
+def test_deck_advances_and_its_figure_plays_offline(deck, chromium) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    requested: list[str] = []
+
+    def offline(route) -> None:
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            requested.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.goto((deck / "99_small_deck.html").as_uri())
+    page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=60_000)
+    assert page.evaluate("Reveal.getTotalSlides()") >= 5  # title, idea, live demo with its figure, check, recap
+    assert page.evaluate("Reveal.getIndices().h") == 0
+
+    page.keyboard.press("ArrowRight")  # the idea
+    page.wait_for_function("Reveal.getIndices().h === 1")
+    assert "the idea" in page.evaluate("Reveal.getCurrentSlide().innerText").lower()
+
+    for _ in range(8):  # on to the slide with the figure
+        if page.evaluate(f"Reveal.getCurrentSlide().contains({FIGURE})"):
+            break
+        page.keyboard.press("Space")
+        page.wait_for_timeout(150)
+    assert page.evaluate(f"Reveal.getCurrentSlide().contains({FIGURE})"), "never reached the figure's slide"
+    page.wait_for_function(f"{FIGURE}._fullLayout && {FIGURE}.querySelector('.main-svg')", timeout=30_000)
+    assert page.evaluate("typeof window.Plotly") == "object"
+    assert page.evaluate(f"{FIGURE}.getBoundingClientRect().width") > 300, "the figure drew at a usable size"
+    assert page.evaluate(f"({FIGURE}._transitionData?._frames || []).length") >= 2, "the figure has no frames"
+
+    before = page.evaluate(f"JSON.stringify({FIGURE}.data.map(t => t.z))")
+    page.evaluate(f"Plotly.animate({FIGURE}, null, {{frame: {{duration: 50, redraw: true}}, mode: 'immediate'}})")
+    page.wait_for_function(f"JSON.stringify({FIGURE}.data.map(t => t.z)) !== {before!r}", timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "slides-figure-after-play.png"))
+
+    page.keyboard.press("End")  # the last slide: the recap
+    page.wait_for_function("Reveal.isLastSlide()")
+    assert "recap" in page.evaluate("Reveal.getCurrentSlide().innerText").lower()
+
+    assert requested == [], f"the deck asked the network for {requested}"
+    real = [e for e in errors if not is_benign(e)]
+    assert real == [], f"browser console errors: {real}"
+    context.close()

@@ -1,0 +1,265 @@
+"""The fast default path against the readable references it replaced.
+
+* K/V read with ``index_select`` equals ``pool[layer, slots]``;
+* attention read straight from the pool (``attention.fast``) equals ``segmented_attention`` and
+  ``ragged_attention`` over the same keys, for every grouped-query shape, with masked keys ignored;
+* the engine's default path gives the same logits and tokens as ``attention="ragged"`` and ``kv_read="flatten"``;
+* the incremental bookkeeping (write slots, usage counters, token slices, the n-gram index, the draft model's
+  own KV cache) equals what it replaced.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from cblab_teach import Engine, EngineConfig, ModelConfig, Request, TinyLM, build_batch
+from cblab_teach.attention import ragged_attention, segmented_attention
+from cblab_teach.attention.fast import pool_attention, pool_layout
+from cblab_teach.attention.ragged import segment_layout
+from cblab_teach.core.kv_cache import DenseKVCache, PagedAllocator
+from cblab_teach.core.scheduler import ScheduledChunk, StepPlan
+from cblab_teach.core.speculative import PromptLookupProposer, lookup_by_scan, propose_by_recompute
+from cblab_teach.model.tiny_lm import StepContext
+from cblab_teach.monitoring.step_profile import CATEGORIES, matmul_limit_s, profile_breakdown, step_shapes
+from cblab_teach.plugins.kv_quant import KVQuantizationPlugin
+
+
+def _paged(kv_heads: int = 2, dim: int = 8, blocks: int = 24, block_size: int = 4) -> PagedAllocator:
+    cache = PagedAllocator(2, kv_heads, dim, blocks, block_size, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    cache.k.copy_(torch.randn(cache.k.shape, generator=g, dtype=torch.float64))
+    cache.v.copy_(torch.randn(cache.v.shape, generator=g, dtype=torch.float64))
+    return cache
+
+
+def _mixed(cache, shuffle_blocks: bool = True):
+    """A decode row, a later prefill chunk over a cached prefix, a fresh prefill, and a second decode row."""
+    reqs = {
+        0: Request(0, list(range(9)), 4),
+        1: Request(1, [5, 6, 7], 4),
+        2: Request(2, list(range(6)), 4),
+        3: Request(3, list(range(13)), 4),
+    }
+    reqs[1].output_ids, reqs[1].num_computed = [9], 3
+    reqs[3].output_ids, reqs[3].num_computed = [1], 13
+    reqs[0].num_computed = 4
+    chunks = [
+        ScheduledChunk(1, 3, 1, "decode", True),
+        ScheduledChunk(3, 13, 1, "decode", True),
+        ScheduledChunk(0, 4, 3, "prefill", False),
+        ScheduledChunk(2, 0, 6, "prefill", True),
+    ]
+    if shuffle_blocks:
+        random.Random(1).shuffle(cache.free_blocks)  # tables that are not in pool order
+    for c in chunks:
+        cache.admit(c.request_id, 16)
+        cache.ensure(c.request_id, c.end)
+    return build_batch(StepPlan(budget=16, chunks=chunks), reqs)
+
+
+@pytest.mark.parametrize("layout", ["paged", "dense"])
+def test_index_select_read_equals_advanced_indexing(layout):
+    cache = _paged() if layout == "paged" else DenseKVCache(2, 2, 8, 40, dtype=torch.float64)
+    cache.k.normal_()
+    cache.v.normal_()
+    slots = torch.tensor([[3, 0, 7], [7, 7, 1]])
+    for s in (slots, slots.flatten()):
+        k, v = cache.read(1, s)
+        assert torch.equal(k, cache.k[1, s]) and torch.equal(v, cache.v[1, s])
+
+
+def test_a_compressed_pool_is_still_read_by_indexing():
+    cache = _paged()
+    KVQuantizationPlugin().install(cache)
+    slots = torch.tensor([[2, 5], [9, 0]])
+    k, _ = cache.read(0, slots)
+    assert k.shape == (2, 2, 2, 8) and torch.equal(k, cache.k[0, slots])
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_pool_attention_equals_segmented_and_ragged(kv_heads):
+    cache = _paged(kv_heads=kv_heads)
+    batch = _mixed(cache)
+    q = torch.randn(batch.num_tokens, 4, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ctx = StepContext(batch, cache, "segmented", via_flatten=False)
+    for layer in range(2):
+        k, v = ctx.keys_values(layer)
+        fast = pool_attention(q, cache, layer, ctx.pool_groups)
+        torch.testing.assert_close(fast, segmented_attention(q, k, v, batch), rtol=0, atol=1e-12)
+        torch.testing.assert_close(fast, ragged_attention(q, k, v, batch), rtol=0, atol=1e-12)
+
+
+def test_a_decode_only_step_takes_the_gather_free_branch_and_agrees():
+    cache = _paged()
+    reqs = {i: Request(i, list(range(3 + 2 * i)), 4) for i in range(3)}
+    chunks = []
+    for i, r in reqs.items():
+        r.output_ids, r.num_computed = [7], r.prompt_len
+        chunks.append(ScheduledChunk(i, r.prompt_len, 1, "decode", True))
+        cache.admit(i, 16)
+        cache.ensure(i, r.prompt_len + 1)
+    batch = build_batch(StepPlan(budget=8, chunks=chunks), reqs)
+    ctx = StepContext(batch, cache, "segmented", via_flatten=False)
+    (group,) = ctx.pool_groups
+    assert group.decode and group.first_rows == batch.num_tokens  # no gather of queries, no scatter of outputs
+    q = torch.randn(batch.num_tokens, 4, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    k, v = ctx.keys_values(0)
+    torch.testing.assert_close(pool_attention(q, cache, 0, ctx.pool_groups), ragged_attention(q, k, v, batch))
+
+
+def test_keys_behind_the_mask_cannot_change_the_fast_output():
+    """Every slot no query may read (other requests' blocks, free blocks, padding) is overwritten: same output."""
+    cache = _paged()
+    batch = _mixed(cache)
+    q = torch.randn(batch.num_tokens, 4, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ctx = StepContext(batch, cache, "segmented", via_flatten=False)
+    before = pool_attention(q, cache, 0, ctx.pool_groups)
+    readable = torch.zeros(cache.num_slots, dtype=torch.bool)
+    readable[ctx.read_slots] = True
+    cache.k[0, ~readable] = 1e6
+    cache.v[0, ~readable] = -1e6
+    assert torch.equal(pool_attention(q, cache, 0, ctx.pool_groups), before)
+
+
+def test_padded_query_rows_are_never_fully_masked():
+    cache = _paged()
+    batch = _mixed(cache)
+    layout = segment_layout(batch)
+    groups = pool_layout(layout, StepContext(batch, cache, "segmented", False).read_slots, torch.float64)
+    for g in groups:
+        assert torch.all((g.mask == 0).any(-1))  # SDPA would give NaN for a row with no key at all
+        assert torch.all(torch.isin(g.mask, torch.tensor([0.0, float("-inf")], dtype=torch.float64)))
+
+
+def test_write_slots_equal_the_cache_lookup():
+    cache = _paged()
+    batch = _mixed(cache)
+    ctx = StepContext(batch, cache, "segmented", via_flatten=False)
+    assert torch.equal(ctx.write_slots, cache.slots(batch.request_ids, batch.seq_ids, batch.positions))
+    assert torch.equal(ctx.read_slots, cache.slots(batch.request_ids, batch.key_seq_ids, batch.key_positions))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_engine_default_path_matches_the_references(kv_heads, workload):
+    model = TinyLM(
+        ModelConfig(vocab_size=97, hidden_size=32, num_heads=4, num_kv_heads=kv_heads, dtype=torch.float64), seed=2
+    )
+    base = dict(max_tokens_per_step=9, prefill_chunk_size=4, block_size=4)
+    outputs = {}
+    for attention, kv_read in [("segmented", "block_table"), ("ragged", "block_table"), ("segmented", "flatten")]:
+        engine = Engine(model, EngineConfig(attention=attention, kv_read=kv_read, **base))
+        outputs[(attention, kv_read)] = engine.generate(workload.prompts, workload.max_new_tokens)
+    fast = outputs[("segmented", "block_table")]
+    assert all(out == fast for out in outputs.values())
+
+
+def test_one_forward_gives_the_reference_logits(model64):
+    """Logits, not only tokens: the fast forward equals the ragged one to float64 rounding."""
+    logits = {}
+    for impl, flatten in [("segmented", False), ("ragged", False), ("segmented", True)]:
+        engine = Engine(model64, EngineConfig(max_tokens_per_step=32, prefill_chunk_size=8, block_size=4))
+        for p in ([4, 5], [8] * 6):
+            engine.add_request(p, 3)
+        engine.step()  # both prefill
+        engine.add_request([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 3)
+        engine.step()  # two decode rows and the first chunk of the newcomer
+        plan = engine.scheduler.plan(engine.running, engine.waiting, engine.kv)
+        for c in plan.chunks:
+            engine.kv.ensure(c.request_id, c.end)
+        batch = build_batch(plan, engine.requests)
+        assert {c.kind for c in plan.chunks} == {"decode", "prefill"}  # a mixed step
+        logits[(impl, flatten)] = model64(batch, engine.kv, impl=impl, via_flatten=flatten, all_logits=True)
+    ref = logits[("ragged", False)]
+    for out in logits.values():
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def _scanned_used_blocks(cache: PagedAllocator) -> int:
+    return sum(1 for c in cache.ref_counts if c > 0)
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_usage_counter_equals_a_walk_over_every_block(model64, prefix):
+    config = EngineConfig(
+        max_tokens_per_step=12, prefill_chunk_size=4, block_size=2, num_blocks=24, enable_prefix_caching=prefix,
+        preemption=True,
+    )
+    engine = Engine(model64, config)
+    shared = [3, 1, 4, 1, 5, 9, 2, 6]
+    for i in range(6):
+        engine.add_request(shared + [i, i + 1], 5 + i)
+    while engine.has_unfinished():
+        record = engine.step()
+        assert record.kv.reserved_slots == _scanned_used_blocks(engine.kv) * engine.kv.block_size
+
+
+def test_token_slice_equals_slicing_all_ids():
+    r = Request(0, [10, 11, 12, 13], 5)
+    r.output_ids = [20, 21, 22]
+    ids = r.all_ids
+    for start, end in itertools.combinations_with_replacement(range(len(ids) + 1), 2):
+        assert r.token_slice(start, end) == ids[start:end]
+
+
+def test_step_profile_breakdown_and_limit(model64, workload):
+    make = lambda: Engine(model64, EngineConfig(max_tokens_per_step=9, prefill_chunk_size=4))  # noqa: E731
+    report = profile_breakdown(make, workload.prompts, workload.max_new_tokens)
+    assert tuple(report["seconds"]) == CATEGORIES
+    assert all(s >= 0 for s in report["seconds"].values()) and report["seconds"]["matmuls"] > 0
+    assert report["step_s"] > 0 and report["top_ops"]
+    shapes = step_shapes(report["records"])
+    assert sum(n for n, _ in shapes) == sum(r.plan.used for r in report["records"])
+    assert sum(rows for _, rows in shapes) == sum(len(r.sampled) for r in report["records"])  # no drafts here
+    assert matmul_limit_s(model64, shapes, repeats=1) > 0
+    assert matmul_limit_s(model64, [], repeats=1) == 0.0
+
+
+def test_ngram_index_equals_the_scan_as_histories_grow():
+    rng = random.Random(5)
+    proposer = PromptLookupProposer(2)
+    reqs = [Request(i, [rng.randrange(4) for _ in range(rng.randint(1, 6))], 50) for i in range(4)]
+    for _ in range(40):
+        k = [rng.randint(0, 4) for _ in reqs]
+        got = proposer.propose(reqs, k)
+        want = {r.request_id: g for r, n in zip(reqs, k) if (g := lookup_by_scan(r.all_ids, 2, n))}
+        assert got == want
+        for r in reqs:
+            r.output_ids.extend(rng.randrange(4) for _ in range(rng.randint(1, 3)))
+    proposer.propose(reqs[:1], [1])
+    assert set(proposer.index) == {0}  # requests no longer asked about are forgotten
+
+
+def test_draft_proposer_with_its_own_cache_equals_recomputing_every_history(model64, work_draft):
+    draft = TinyLM(
+        ModelConfig(vocab_size=97, hidden_size=16, num_heads=2, intermediate_size=32, num_layers=1,
+                    dtype=torch.float64),
+        seed=4,
+    )  # fmt: skip
+    engine = Engine(
+        model64, EngineConfig(max_tokens_per_step=24, speculative="draft", num_speculative_tokens=3), draft_model=draft
+    )
+    kept, seen = engine.proposer, []
+
+    class Checked:
+        def propose(self, requests, k):
+            got = kept.propose(requests, k)
+            fresh = propose_by_recompute(draft, requests, k)  # a fresh engine prefills every history
+            assert got == fresh
+            seen.append(sum(r.num_tokens for r, n in zip(requests, k) if n > 0))
+            return got
+
+    engine.proposer = Checked()
+    for p, n in zip(*work_draft):
+        engine.add_request(p, n)
+    engine.run()
+    assert engine.stats.draft_tokens > 0
+    assert kept.computed_tokens < sum(seen)  # it did not recompute the histories
+
+
+@pytest.fixture
+def work_draft():
+    return [[1, 2, 3, 4, 5], [7, 8], [9] * 12, [3, 1, 4, 1, 5, 9, 2, 6]], [12, 5, 9, 14]
