@@ -3,7 +3,10 @@
 * through :meth:`PagedAllocator.flatten`: copy each request's blocks into one
   contiguous tensor first (simple; what the Q&A describes);
 * straight from the block table: turn (request, position) into pool slots with
-  the block table and gather only those (no per-request copy; what vLLM does).
+  the block table and gather those rows (no per-request contiguous copy, but an
+  indexed gather that still moves O(context) bytes into a new tensor per layer
+  and step). A real paged kernel, as in vLLM, reads the blocks in place inside
+  the attention kernel and never materialises the gathered keys.
 """
 
 from __future__ import annotations
