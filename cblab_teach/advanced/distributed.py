@@ -16,17 +16,14 @@ port to pick, nothing to collide with on a shared CI machine, and the folder
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ..attention.masked import masked_attention
+from .processes import init_group, launch, scratch_folder
 from .sharding import ShardingError, merge_partials, partial_attention, shard_bounds, shard_sizes
 
 
@@ -92,13 +89,7 @@ def _nbytes(t: torch.Tensor) -> int:
 def _worker(rank: int, world_size: int, folder: str, timeout_s: float) -> None:
     """One rank: load the queries and only its own K/V shard, attend, all_gather (out, lse), merge."""
     torch.set_num_threads(1)  # P processes share the machine's cores
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{os.path.join(folder, 'store')}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=timeout_s),
-    )
+    init_group(rank, world_size, folder, timeout_s)
     try:
         shared = torch.load(os.path.join(folder, "queries.pt"))
         shard = torch.load(os.path.join(folder, f"shard_{rank}.pt"))  # this rank's keys and nothing else
@@ -154,9 +145,8 @@ def run_distributed(
         q, k, v, mask = causal_example(**example)
     partial_attention(q[:, :0], k, v, mask[:, :0])  # validate shapes here, before any process starts
     sizes = shard_sizes(k.shape[1], world_size)
-    folder = tempfile.mkdtemp(prefix="cblab_shard_")
     start = time.perf_counter()
-    try:
+    with scratch_folder("cblab_shard_") as folder:
         torch.save({"q": q, "mask": mask}, os.path.join(folder, "queries.pt"))
         torch.save({"k": k, "v": v}, os.path.join(folder, "full_kv.pt"))
         kv_bytes = []
@@ -164,22 +154,8 @@ def run_distributed(
             piece = {"k": k[:, lo:hi].clone(), "v": v[:, lo:hi].clone(), "mask": mask[:, :, lo:hi].clone()}
             kv_bytes.append(_nbytes(piece["k"]) + _nbytes(piece["v"]))
             torch.save(piece, os.path.join(folder, f"shard_{rank}.pt"))
-        ctx = mp.start_processes(
-            _worker, args=(world_size, folder, timeout_s), nprocs=world_size, join=False, start_method="spawn"
-        )
-        deadline = time.monotonic() + timeout_s
-        try:
-            while not ctx.join(timeout=1.0):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"run_distributed: ranks did not finish within {timeout_s} s")
-        finally:
-            for p in ctx.processes:  # only the processes started above
-                if p.is_alive():
-                    p.terminate()
-                    p.join(5)
+        launch(_worker, (world_size, folder, timeout_s), world_size, timeout_s, name="run_distributed")
         res = torch.load(os.path.join(folder, "result.pt"))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
     partial = res["partial_bytes_per_rank"]
     return DistributedResult(
         out=res["out"],

@@ -45,6 +45,26 @@ def is_benign(text: str) -> bool:
     return any(re.search(pattern, text) for pattern, _ in BENIGN_CONSOLE_ERRORS)
 
 
+def offline_page(chromium, width: int, height: int):
+    """A page that may load file:// only: returns (context, page, refused urls, console errors)."""
+    context = chromium.new_context(viewport={"width": width, "height": height})
+    refused: list[str] = []
+
+    def offline(route) -> None:
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return context, page, refused, errors
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> Path:
     if not CHROMIUM.exists():

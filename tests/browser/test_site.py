@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .conftest import ARTIFACTS, is_benign
+from .conftest import ARTIFACTS, is_benign, offline_page
 from .lab_server import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
@@ -39,21 +39,7 @@ def site(tmp_path_factory):
 def test_site_page_draws_and_plays_offline(site, chromium) -> None:
     page_file = next(site.glob("04_*.html"))
     assert "require.min.js" not in page_file.read_text() and (site / "plotly.js").exists()
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-    refused: list[str] = []
-
-    def offline(route) -> None:
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", offline)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    context, page, refused, errors = offline_page(chromium, 1400, 1000)
     page.goto(page_file.as_uri())
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0", timeout=60_000)
     assert page.evaluate("typeof window.Plotly") == "object"

@@ -15,7 +15,7 @@ import sys
 import nbformat
 import pytest
 
-from .conftest import ARTIFACTS, is_benign
+from .conftest import ARTIFACTS, is_benign, offline_page
 from .lab_server import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
@@ -75,21 +75,7 @@ def test_deck_ships_its_own_reveal_and_plotly(deck) -> None:
 
 
 def test_deck_advances_and_its_figure_plays_offline(deck, chromium) -> None:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    requested: list[str] = []
-
-    def offline(route) -> None:
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            requested.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", offline)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    context, page, requested, errors = offline_page(chromium, 1280, 900)
     page.goto((deck / "99_small_deck.html").as_uri())
     page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=60_000)
     assert page.evaluate("Reveal.getTotalSlides()") >= 5  # title, idea, live demo with its figure, check, recap
