@@ -10,7 +10,7 @@ KV_LAYOUTS = ("dense", "paged")
 ATTENTION_IMPLS = ("segmented", "ragged")
 # Accepted values, compared by type as well as value: 1 == True and 0 == False, but EngineConfig(preemption=1)
 # is a typo, not a mode. A new preemption mode joins this tuple.
-PREEMPTION_MODES = (False, True, "recompute")
+PREEMPTION_MODES = (False, True, "recompute", "swap")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class EngineConfig:
     kv_read: str = "block_table"  # or "flatten": copy each request's blocks first
     eos_token_id: int | None = None
     device: str = "cpu"
-    preemption: bool | str = False  # True or "recompute": admit optimistically, preempt + recompute (paged)
+    preemption: bool | str = False  # True or "recompute": admit optimistically, preempt + recompute (paged);
+    # "swap": preempt by copying the victim's K/V to a host pool and back (core/swap.py)
+    num_host_blocks: int = 64  # capacity of the host (swap) pool, in blocks of block_size; used by "swap" only
     enable_prefix_caching: bool = False  # reuse full KV blocks of identical prefixes (paged)
     speculative: str | None = None  # None, "ngram" (prompt lookup) or "draft" (a smaller TinyLM)
     num_speculative_tokens: int = 4
@@ -39,6 +41,7 @@ class EngineConfig:
             "max_running",
             "block_size",
             "num_blocks",
+            "num_host_blocks",
             "num_speculative_tokens",
             "ngram_size",
         ):

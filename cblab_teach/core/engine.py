@@ -18,7 +18,7 @@ import math
 import numbers
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -39,9 +39,10 @@ from .config import EngineConfig
 from .kv_cache import DenseKVCache, KVCache, KVUsage, PagedAllocator
 from .kv_transfer import PrefilledRequest
 from .request import Request, RequestState, SamplingParams
-from .sampling import accept_drafts, sample_token
+from .sampling import accept_drafts, sample_token, verify_sampled
 from .scheduler import Scheduler, StepPlan, is_decoding
 from .speculative import DraftModelProposer, PromptLookupProposer
+from .swap import HostKVPool
 
 
 @dataclass
@@ -61,6 +62,9 @@ class StepRecord:
     forward_s: float
     extra: dict = field(default_factory=dict)  # plugins may annotate
     new_tokens: dict[int, list[int]] = field(default_factory=dict)  # every token appended this step
+    swapped: list[int] = field(default_factory=list)  # of the preempted, those whose K/V went to the host pool
+    copied_blocks: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # copy-on-write: rid -> (old, new)
+    forked: dict[int, list[int]] = field(default_factory=dict)  # parent id -> sequences that forked from it
 
     @property
     def preempted(self) -> list[int]:
@@ -90,7 +94,11 @@ class EngineStats:
 
     preemptions: int = 0
     recomputed_tokens: int = 0  # KV thrown away by preemption and computed again
+    swap_outs: int = 0  # preemptions whose K/V went to the host pool (preemption="swap") instead
+    swapped_out_bytes: int = 0  # K/V bytes copied to the host pool
+    swapped_in_bytes: int = 0  # and back
     prefix_hit_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    cow_copies: int = 0  # shared blocks copied before a write (parallel sampling)
     draft_tokens: int = 0  # speculative tokens proposed and verified
     accepted_tokens: int = 0  # of those, kept
 
@@ -99,8 +107,9 @@ class EngineStats:
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     def __repr__(self) -> str:  # one readable line; the fields stay plain ints
+        swapped = f", {self.swap_outs} swapped out ({self.swapped_out_bytes:,} bytes)" if self.swap_outs else ""
         return (
-            f"EngineStats: {self.preemptions} preemptions ({self.recomputed_tokens} tokens recomputed), "
+            f"EngineStats: {self.preemptions} preemptions ({self.recomputed_tokens} tokens recomputed{swapped}), "
             f"{self.prefix_hit_tokens} prompt tokens from the prefix cache, "
             f"{self.accepted_tokens}/{self.draft_tokens} draft tokens accepted ({self.acceptance_rate:.0%})"
         )
@@ -114,6 +123,17 @@ def make_kv_cache(model: TinyLM, config: EngineConfig) -> KVCache:
             *shape, config.num_blocks, config.block_size, model.dtype, model.device, config.enable_prefix_caching
         )
     return DenseKVCache(*shape, config.num_slots, model.dtype, model.device)
+
+
+def make_host_pool(model: TinyLM, config: EngineConfig) -> HostKVPool | None:
+    """The host pool that swap preemption parks K/V in (pinned when the engine runs on a GPU)."""
+    if config.preemption != "swap":
+        return None
+    cfg = model.config
+    pin = torch.device(config.device).type == "cuda"
+    return HostKVPool(
+        cfg.num_layers, cfg.kv_heads, cfg.head_dim, config.num_host_blocks, config.block_size, model.dtype, pin
+    )
 
 
 def make_proposer(config: EngineConfig, draft_model: TinyLM | None):
@@ -164,6 +184,7 @@ class Engine:
         )
         self.budget = self.config.max_tokens_per_step  # SchedulerPlugins may change it between steps
         self.kv = make_kv_cache(self.model, self.config)
+        self.swap = make_host_pool(self.model, self.config)
         self.requests: dict[int, Request] = {}
         self.waiting: list[Request] = []
         self.running: list[Request] = []
@@ -212,6 +233,52 @@ class Engine:
         self.requests[rid] = req
         self.waiting.append(req)
         return rid
+
+    def add_request_group(
+        self,
+        prompt_ids: Sequence[int],
+        n: int,
+        max_new_tokens: int = 16,
+        sampling: SamplingParams | None = None,
+        priority: int = 0,
+        eos_token_id: int | None = None,
+    ) -> list[int]:
+        """``n`` samples of one prompt (parallel sampling), computing the prompt once.
+
+        Sequence ``i`` samples with seed ``sampling.seed + i``, so its tokens equal those of
+        ``add_request(prompt_ids, sampling=replace(sampling, seed=seed + i))`` alone. On a paged pool the
+        first sequence prefills the prompt; at its first sample the others fork from it, sharing its
+        blocks by reference, and a shared block is copied only when a sequence first writes into it
+        (copy-on-write). On a dense pool the sequences are independent requests."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise RequestError(f"add_request_group: n must be an int >= 1, got {n!r}")
+        most = min(self.config.max_running, self.config.max_tokens_per_step)
+        if n > most:
+            raise RequestError(
+                f"add_request_group: n={n} sequences cannot run together: at most min(max_running, "
+                f"max_tokens_per_step) = {most}"
+            )
+        base = sampling or SamplingParams()
+        params = [replace(base, seed=base.seed + i) for i in range(n)]
+        first = self._next_id
+        taken = [first + i for i in range(n) if first + i in self.requests]
+        if taken:
+            raise DuplicateRequestError(f"add_request_group: request ids {taken} are already in use")
+        prompt = self._validate(prompt_ids, max_new_tokens, first, base, priority)
+        paged = isinstance(self.kv, PagedAllocator)
+        if paged and not self.config.preemption:
+            need = self.kv.blocks_for(len(prompt) + max_new_tokens - 1) * n
+            if need > self.kv.num_blocks:
+                raise CapacityError(
+                    f"a group of {n} needs up to {need} KV blocks reserved but the whole pool has {self.kv.num_blocks}"
+                )
+        ids = [self.add_request(prompt, max_new_tokens, first + i, p, priority, eos_token_id) for i, p in enumerate(params)]
+        if paged:
+            parent = self.requests[ids[0]]
+            parent.group_size, parent.forks = n, ids[1:]
+            for rid in ids[1:]:  # they join at the fork, not through admission
+                self.waiting.remove(self.requests[rid])
+        return ids
 
     def _validate(self, prompt_ids, max_new_tokens, rid, sampling, priority=0) -> list[int]:
         if not isinstance(rid, int) or isinstance(rid, bool):
@@ -268,7 +335,7 @@ class Engine:
         return list(self.request(request_id).output_ids)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running)  # a group's forks wait on their parent, which is here
 
     # -- LoRA adapters and prefill/decode hand-over (cblab_teach.advanced.lora, core/kv_transfer.py) --------
     def add_adapter(self, name: str, adapter) -> None:
@@ -329,9 +396,13 @@ class Engine:
         )
         if not plan.chunks and self.has_unfinished():
             raise CBLabError(f"the scheduler made no progress (budget={self.budget}); nothing can run")
-        self._preempt(plan.preempted)
+        swapped = self._preempt(plan.preempted)
         self._admit(plan)
+        copied = {}
         for c in plan.chunks:
+            if blocks := self.kv.copy_on_write(c.request_id, c.start, c.end):  # shared blocks it will write into
+                copied[c.request_id] = blocks
+                self.stats.cow_copies += len(blocks)
             self.kv.ensure(c.request_id, c.end)
         batch = build_batch(plan, self.requests, self.model.device)
         fwd_start = time.perf_counter()
@@ -350,12 +421,17 @@ class Engine:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
         forward_s = time.perf_counter() - fwd_start
+        forked = {c.request_id: self.requests[c.request_id].forks for c in plan.chunks
+                  if self.requests[c.request_id].forks and c.request_id in new_tokens}
         finished = self._commit(plan, new_tokens)
         record = StepRecord(
             step=len(self.records),
             plan=plan,
             sampled={rid: toks[-1] for rid, toks in new_tokens.items()},
             new_tokens=new_tokens,
+            swapped=swapped,
+            copied_blocks=copied,
+            forked=forked,
             finished=[r.request_id for r in finished],
             running=[r.request_id for r in self.running],
             waiting=[r.request_id for r in self.waiting],
@@ -373,34 +449,51 @@ class Engine:
         return record
 
     def _propose(self) -> dict[int, list[int]]:
-        """Speculative guesses for greedy decoding requests, never past their max_new_tokens (nor the draft's
-        max_position)."""
+        """Speculative guesses for decoding requests, never past their max_new_tokens (nor the draft's
+        max_position). Greedy requests keep the agreeing guesses; sampled ones verify them by rejection sampling."""
         if self.proposer is None:
             return {}
-        reqs = [r for r in self.running if is_decoding(r) and r.sampling.greedy]
+        reqs = [r for r in self.running if is_decoding(r)]
         room = [min(self.config.num_speculative_tokens, r.max_new_tokens - len(r.output_ids) - 1) for r in reqs]
         if self.draft_window is not None:  # the draft model must hold the request's tokens plus its guesses
             room = [min(n, self.draft_window - r.num_tokens) for r, n in zip(reqs, room)]
         return self.proposer.propose(reqs, room)
 
-    def _preempt(self, request_ids: list[int]) -> None:
-        """Free a request's KV and send it back to the queue; it will be recomputed from its tokens."""
+    def _preempt(self, request_ids: list[int]) -> list[int]:
+        """Free a request's KV and send it back to the queue: its K/V parked in the host pool (swap, if it has
+        room), or recomputed from its tokens later. A swapped request keeps ``num_computed``. Returns the swapped."""
+        swapped = []
         for rid in request_ids:
             req = self.requests[rid]
+            if self._can_swap(req):
+                self.stats.swapped_out_bytes += self.swap.swap_out(self.kv, rid, req.num_computed)
+                self.stats.swap_outs += 1
+                swapped.append(rid)
+            else:
+                self.stats.recomputed_tokens += req.num_computed
+                req.num_computed = 0
             self.kv.free(rid)
             self.running.remove(req)
             self.stats.preemptions += 1
-            self.stats.recomputed_tokens += req.num_computed
             req.num_preemptions += 1
-            req.num_computed = 0
             req.state = RequestState.WAITING
             self.waiting.append(req)
+        return swapped
+
+    def _can_swap(self, req: Request) -> bool:
+        plain_pool = isinstance(self.kv.k, torch.Tensor)  # an int8 pool (KVQuantizationPlugin) is recomputed
+        return self.swap is not None and plain_pool and req.num_computed > 0 and self.swap.can_hold(req.num_computed)
 
     def _admit(self, plan: StepPlan) -> None:
         for rid in plan.admitted:
             req = self.requests[rid]
-            self.kv.admit(rid, req.max_total_tokens, reserve=not self.config.preemption)
-            if self.config.enable_prefix_caching:
+            group = {"copies": req.group_size} if req.group_size > 1 else {}  # reserve for every fork
+            self.kv.admit(rid, req.max_total_tokens, reserve=not self.config.preemption, **group)
+            if self.swap is not None and self.swap.holds(rid):  # resume exactly where it stopped
+                tokens, nbytes = self.swap.swap_in(self.kv, rid)
+                assert tokens == req.num_computed, "a swapped request's K/V and its tokens disagree"
+                self.stats.swapped_in_bytes += nbytes
+            elif self.config.enable_prefix_caching:
                 req.num_computed = self.kv.claim_prefix(rid, req.all_ids)
                 self.stats.prefix_hit_tokens += req.num_computed
                 assert req.num_computed == plan.cached_tokens.get(rid, 0), "prefix cache changed since planning"
@@ -417,14 +510,22 @@ class Engine:
             if not c.num_logits:
                 continue
             req = self.requests[c.request_id]
-            if c.drafts:
-                out[c.request_id] = accept_drafts(greedy[row : row + c.num_logits], c.drafts)
+            if c.drafts:  # greedy: the agreeing prefix; sampled: rejection sampling keeps the target's distribution
+                rows = slice(row, row + c.num_logits)
+                out[c.request_id] = (
+                    accept_drafts(greedy[rows], c.drafts)
+                    if req.sampling.greedy
+                    else verify_sampled(logits[rows], c.drafts, req, req.num_tokens)
+                )
                 self.stats.draft_tokens += len(c.drafts)
                 self.stats.accepted_tokens += len(out[c.request_id]) - 1
             elif req.sampling.greedy:
                 out[c.request_id] = [greedy[row]]
             else:
-                out[c.request_id] = [sample_token(logits[row], req)]
+                out[c.request_id] = [sample_token(logits[row], req, req.num_tokens)]
+            for fid in req.forks:  # parallel sampling: each fork draws its first token from the same row
+                fork = self.requests[fid]
+                out[fid] = [greedy[row] if fork.sampling.greedy else sample_token(logits[row], fork, fork.num_tokens)]
             row += c.num_logits
         return out
 
@@ -450,11 +551,31 @@ class Engine:
                 new_tokens[c.request_id] = kept
             if self.config.enable_prefix_caching:
                 self.kv.register_full_blocks(req.request_id, req.all_ids)
+            if req.forks and c.request_id in new_tokens:
+                finished += self._fork(req, new_tokens, now)
             if req.is_finished:
                 finished.append(req)
                 self.kv.free(req.request_id)
                 self.running.remove(req)
         return finished
+
+    def _fork(self, parent: Request, new_tokens: dict[int, list[int]], now: float) -> list[Request]:
+        """The parent just sampled its first token: its forks join, sharing its blocks; returns those done."""
+        done = []
+        for fid in parent.forks:
+            fork = self.requests[fid]
+            self.kv.fork(parent.request_id, fid, fork.max_total_tokens, reserve=not self.config.preemption)
+            fork.num_computed = parent.num_computed
+            fork.last_scheduled_step = parent.last_scheduled_step
+            fork.append_token(new_tokens[fid][0])
+            fork.token_times.append(now)
+            if fork.is_finished:
+                done.append(fork)
+                self.kv.free(fid)
+            else:
+                self.running.append(fork)
+        parent.forks = []
+        return done
 
     def run(self, progress: bool = False) -> list[StepRecord]:
         """Step until every request has finished; returns this run's records."""

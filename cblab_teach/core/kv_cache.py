@@ -115,6 +115,11 @@ class KVCache(ABC):
         """Forget the K/V of positions ``num_tokens`` and later (rejected speculative tokens)."""
         self.lengths[request_id] = min(self.lengths[request_id], num_tokens)
 
+    def copy_on_write(self, request_id: int, start: int, end: int) -> list[tuple[int, int]]:
+        """Make positions ``[start, end)`` private to the request before it writes them; a layout that never
+        shares storage has nothing to copy. Returns the ``(old, new)`` blocks copied."""
+        return []
+
     def require(self, request_ids: Sequence[int]) -> None:
         """A typed error (not a bare KeyError) when asked about requests that hold no KV here."""
         unknown = [r for r in request_ids if r not in self.lengths]
@@ -251,6 +256,7 @@ class PagedAllocator(KVCache):
         self.ref_counts: list[int] = [0] * num_blocks
         self.prefix = PrefixIndex() if enable_prefix_caching else None
         self._digests: dict[int, list[bytes]] = {}  # request id -> digests of its registered full blocks
+        self._forked = False  # a fork shares blocks between tables, so used slots must count each block once
 
     def blocks_for(self, num_tokens: int) -> int:
         return math.ceil(num_tokens / self.block_size)
@@ -268,23 +274,67 @@ class PagedAllocator(KVCache):
         return sum(self.blocks_for(n) for n in token_counts) <= self._unpromised_blocks()
 
     def blocks_needed(self, request_id: int, num_tokens: int) -> int:
-        """New blocks a request needs to hold ``num_tokens`` tokens."""
-        held = len(self.block_tables.get(request_id, ()))
-        return max(0, self.blocks_for(num_tokens) - held)
+        """New blocks a request needs to hold ``num_tokens`` tokens: blocks past its table, plus a copy of each
+        shared block it will write into (copy-on-write)."""
+        table = self.block_tables.get(request_id, ())
+        first = self.lengths.get(request_id, 0) // self.block_size  # writes start at the tokens it holds
+        copies = sum(self.ref_counts[b] > 1 for b in table[first : self.blocks_for(num_tokens)])
+        return max(0, self.blocks_for(num_tokens) - len(table)) + copies
 
     def blocks_released_by(self, request_id: int) -> int:
         """Blocks that would become free if this request let go of its KV (shared ones stay)."""
         return sum(self.ref_counts[b] == 1 for b in self.block_tables.get(request_id, ()))
 
-    def admit(self, request_id: int, max_tokens: int, reserve: bool = True) -> None:
+    def admit(self, request_id: int, max_tokens: int, reserve: bool = True, copies: int = 1) -> None:
+        """``copies`` > 1 reserves for a request that will fork into that many sequences (parallel sampling)."""
         if request_id in self.lengths:
             raise KVCacheError(f"request {request_id} already has KV in this cache")
-        if reserve and not self.fits([max_tokens]):
-            raise KVCacheError(f"{self.blocks_for(max_tokens)} blocks are not free for request {request_id}")
+        if reserve and not self.fits([max_tokens] * copies):
+            raise KVCacheError(f"{self.blocks_for(max_tokens) * copies} blocks are not free for request {request_id}")
         self.block_tables[request_id] = []
-        self.reserved_blocks[request_id] = self.blocks_for(max_tokens) if reserve else 0
+        self.reserved_blocks[request_id] = self.blocks_for(max_tokens) * copies if reserve else 0
         self.lengths[request_id] = 0
         self._digests[request_id] = []
+
+    # -- parallel sampling: shared blocks, copied on the first write ------------------------------
+    def fork(self, parent: int, child: int, max_tokens: int, reserve: bool = True) -> None:
+        """Give ``child`` the parent's K/V by reference: the same block table, every block's count + 1.
+
+        With ``reserve``, the parent's reservation (made for the whole group) is split: each sequence keeps
+        its own worst case, plus one block for copying the shared, partly filled last block."""
+        if child in self.lengths:
+            raise KVCacheError(f"request {child} already has KV in this cache")
+        self.require([parent])
+        table = self.block_tables[parent]
+        for block in table:
+            self.ref_counts[block] += 1
+        self._forked = True
+        self.block_tables[child] = list(table)
+        self.lengths[child] = self.lengths[parent]
+        self._digests[child] = list(self._digests[parent])
+        partial = int(self.lengths[parent] % self.block_size != 0)
+        self.reserved_blocks[child] = self.blocks_for(max_tokens) + partial if reserve else 0
+        if reserve:
+            self.reserved_blocks[parent] = self.blocks_for(max_tokens)
+
+    def copy_on_write(self, request_id: int, start: int, end: int) -> list[tuple[int, int]]:
+        """Before writing positions ``[start, end)``, replace each shared block among them by a private copy.
+
+        The last sequence still holding a block writes in place (its count is 1 by then): n sequences
+        sharing a partly filled block make n - 1 copies."""
+        table = self.block_tables[request_id]
+        copied = []
+        for i in range(start // self.block_size, min(len(table), self.blocks_for(end))):
+            old = table[i]
+            if self.ref_counts[old] > 1:
+                new = self._take_block(request_id)
+                rows, into = slice(old * self.block_size, (old + 1) * self.block_size), new * self.block_size
+                self.k[:, into : into + self.block_size] = self.k[:, rows]
+                self.v[:, into : into + self.block_size] = self.v[:, rows]
+                self.ref_counts[old] -= 1  # others still hold it
+                table[i] = new
+                copied.append((old, new))
+        return copied
 
     # -- prefix caching ---------------------------------------------------------------
     def cached_prefix(self, token_ids: Sequence[int]) -> int:
@@ -390,7 +440,7 @@ class PagedAllocator(KVCache):
 
     def _used_slots(self) -> int:
         """Slots holding a token; a block shared by several requests counts once."""
-        if self.prefix is None:
+        if self.prefix is None and not self._forked:
             return sum(self.lengths.values())
         fill: dict[int, int] = {}
         for rid, table in self.block_tables.items():

@@ -57,7 +57,6 @@ class PrefilledRequest:
     eos_token_id: int | None
     priority: int
     adapter: str | None
-    generator_state: torch.Tensor | None  # a sampled request's RNG state after its first token
     arrival_time: float  # when it first arrived (perf_counter), so TTFT and E2E span both engines
     token_times: list[float]
     blocks: list[KVBlock] = field(default_factory=list)
@@ -106,7 +105,6 @@ def export_prefilled(engine: Engine, request_id: int) -> PrefilledRequest:
             f"request {request_id} cannot be handed over: it must hold KV with its prompt computed and one "
             f"sampled token waiting (state {req.state.value}, {req.num_computed} of {req.num_tokens} tokens computed)"
         )
-    gen = req.generator.get_state() if req.generator is not None else None
     handoff = PrefilledRequest(
         request_id=req.request_id,
         prompt_ids=list(req.prompt_ids),
@@ -116,7 +114,6 @@ def export_prefilled(engine: Engine, request_id: int) -> PrefilledRequest:
         eos_token_id=req.eos_token_id,
         priority=req.priority,
         adapter=req.adapter,
-        generator_state=gen,
         arrival_time=req.arrival_time,
         token_times=list(req.token_times),
         blocks=read_blocks(engine.kv, request_id, req.num_computed, engine.config.block_size),
@@ -180,8 +177,6 @@ def import_prefilled(engine: Engine, handoff: PrefilledRequest) -> int:
         state=RequestState.DECODE,
         adapter=handoff.adapter,
     )
-    if handoff.generator_state is not None:
-        req.generator.set_state(handoff.generator_state)
     req.arrival_time = handoff.arrival_time
     req.arrival_step = len(engine.records)
     req.token_times = list(handoff.token_times)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import torch
-
 
 class RequestState(str, enum.Enum):
     WAITING = "waiting"  # not admitted yet: no KV
@@ -23,7 +21,8 @@ class RequestState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Greedy when ``temperature == 0``; otherwise seeded, per-request sampling."""
+    """Greedy when ``temperature == 0``; otherwise seeded sampling: the token at position ``t`` draws on noise
+    keyed by ``(seed, t)`` (``core/sampling.py``), so the same seed gives the same tokens in any batch."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0: no top-k filter
@@ -49,15 +48,12 @@ class Request:
     state: RequestState = RequestState.WAITING
     last_scheduled_step: int = -1  # for fair decode: least recently served goes first
     num_preemptions: int = 0
-    generator: torch.Generator | None = field(default=None, repr=False)
     arrival_time: float = 0.0  # perf_counter() when added
     arrival_step: int = 0  # engine step count when added
     token_times: list[float] = field(default_factory=list)  # perf_counter() of each generated token
     adapter: str | None = None  # LoRA adapter name (Engine.add_adapter); None: the base model
-
-    def __post_init__(self) -> None:
-        if not self.sampling.greedy and self.generator is None:
-            self.generator = torch.Generator().manual_seed(self.sampling.seed)
+    group_size: int = 1  # sequences sharing this prompt (Engine.add_request_group), this one included
+    forks: list[int] = field(default_factory=list)  # ids that fork from it at its first sample, sharing its KV
 
     @property
     def prompt_len(self) -> int:

@@ -1,10 +1,13 @@
 """Turn a row of logits into a token, greedy or seeded.
 
-Each request owns its ``torch.Generator``, so its sampled tokens do not depend
-on which other requests share its batch.
+A sampled token's randomness is keyed by the request's seed and the token's
+position (:func:`sampling_noise`), so its sampled tokens do not depend on which
+other requests share its batch, nor on how its steps were cut.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -25,20 +28,73 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample_token(logits: torch.Tensor, request: Request) -> int:
-    """Draw one token from a row of logits with the request's own generator."""
+def token_probs(logits: torch.Tensor, request: Request) -> torch.Tensor:
+    """The distribution a sampled request draws from: temperature, then top-k / top-p, in float64."""
     s = request.sampling
-    filtered = filter_logits(logits.double().cpu() / s.temperature, s.top_k, s.top_p)
-    return int(torch.multinomial(torch.softmax(filtered, -1), 1, generator=request.generator))
+    return torch.softmax(filter_logits(logits.double().cpu() / s.temperature, s.top_k, s.top_p), -1)
 
 
-def sample_tokens(logits: torch.Tensor, requests: list[Request]) -> list[int]:
-    """One token per row; greedy rows share a single vectorised argmax."""
-    greedy = logits.argmax(dim=-1).tolist()
-    return [
-        best if req.sampling.greedy else sample_token(logits[row], req)
-        for row, (req, best) in enumerate(zip(requests, greedy))
-    ]
+def sampling_noise(seed: int, position: int, vocab_size: int) -> torch.Tensor:
+    """Gumbel noise for the token at ``position`` of a request seeded ``seed``.
+
+    Keyed by (seed, position), not drawn from a stream: the token at a position gets the same numbers
+    whether the request runs alone or batched, chunked, preempted, moved to another engine or speculated.
+    """
+    gen = torch.Generator().manual_seed(hash((seed, position)) & 0x7FFF_FFFF_FFFF_FFFF)
+    u = torch.rand(vocab_size, dtype=torch.float64, generator=gen)
+    return -torch.log(-torch.log(u))  # u == 0 gives -inf: that token is never picked
+
+
+def sample_token(logits: torch.Tensor, request: Request, position: int) -> int:
+    """Draw the token at ``position`` from the request's distribution: ``argmax(log p + Gumbel noise)`` is
+    distributed exactly as ``p`` (the Gumbel-max trick); filtered tokens have ``log p = -inf``."""
+    p = token_probs(logits, request)
+    return int((p.log() + sampling_noise(request.sampling.seed, position, p.numel())).argmax())
+
+
+def verify_sampled(logits: torch.Tensor, drafts: Sequence[int], request: Request, position: int) -> list[int]:
+    """Speculative sampling for guesses made deterministically (n-gram lookup, a greedy draft model).
+
+    Row ``i`` of ``logits`` is the target at ``position + i``. Each position is sampled as it would be
+    without speculation (:func:`sample_token`, same noise); a guess is kept while it equals that sample, and
+    the first sample that differs ends the step. For a guess ``x`` that is the textbook rule with ``q`` a point
+    mass on ``x``: accept with probability ``min(1, p(x) / q(x)) = p(x)``, else draw from ``p`` without ``x``
+    (:func:`rejection_sample` is the general rule). Sharing the noise makes it more than equal in distribution:
+    a sampled request produces the very same tokens with and without speculation.
+    """
+    out: list[int] = []
+    for i, guess in enumerate(drafts):
+        token = sample_token(logits[i], request, position + i)
+        out.append(token)
+        if token != guess:
+            return out
+    out.append(sample_token(logits[len(drafts)], request, position + len(drafts)))  # the bonus token
+    return out
+
+
+def rejection_sample(
+    p: torch.Tensor, q: torch.Tensor, drafts: Sequence[int], generator: torch.Generator
+) -> list[int]:
+    """Speculative sampling with any draft distribution (Leviathan et al. 2023; Chen et al. 2023).
+
+    ``p``: the target's ``len(drafts) + 1`` probability rows; ``q``: the draft's rows, ``drafts[i]`` drawn from
+    ``q[i]``. Accept draft ``x`` with probability ``min(1, p_i(x) / q_i(x))``; at the first rejection draw from
+    the residual ``max(0, p_i - q_i)``, normalised, and stop; if all are accepted, draw a bonus token from the
+    last row. Every token returned is distributed as the target would have sampled it.
+    """
+    out: list[int] = []
+    for i, x in enumerate(drafts):
+        pi, qi = p[i].double(), q[i].double()
+        if torch.rand((), dtype=torch.float64, generator=generator) * qi[x] < pi[x]:  # u < p/q, never dividing by 0
+            out.append(int(x))
+            continue
+        residual = (pi - qi).clamp(min=0)
+        if residual.sum() <= 0:  # p == q up to rounding: this rejection had probability 0
+            residual = pi
+        out.append(int(torch.multinomial(residual / residual.sum(), 1, generator=generator)))
+        return out
+    out.append(int(torch.multinomial(p[len(drafts)].double(), 1, generator=generator)))
+    return out
 
 
 def accept_drafts(target_best: list[int], drafts: tuple[int, ...]) -> list[int]:

@@ -229,24 +229,26 @@ class Scheduler:
         n_running = len(running) - (len(ledger.preempted) if ledger else 0)
         limit = min(self.max_running, budget)
         for r in sorted(waiting, key=self.order_key):
-            if left == 0 or n_running >= limit:
-                break
+            if left == 0 or (n_running + r.group_size > limit and n_running > 0):
+                break  # a group counts as all its sequences (alone, it may still start)
             if room(r) == 0:
                 continue  # its share of the budget is spent; an urgent request behind it may still join
-            start = kv.cached_prefix(r.all_ids) if hasattr(kv, "cached_prefix") else 0
+            swapped = r.num_computed > 0  # a request preempted by swap resumes where it stopped
+            start = r.num_computed if swapped else kv.cached_prefix(r.all_ids) if hasattr(kv, "cached_prefix") else 0
             length = min(self.prefill_chunk_size, r.num_tokens - start, room(r))
             if ledger is not None:
                 if kv.blocks_for(start + length) > ledger.free:
                     break  # admission never preempts: nobody overtakes a request that does not fit yet
                 ledger.free -= kv.blocks_for(start + length)
             elif kv is not None:
-                if not kv.fits([*reserved, r.max_total_tokens]):
+                need = [r.max_total_tokens] * r.group_size  # a group reserves for every sequence it forks into
+                if not kv.fits([*reserved, *need]):
                     break
-                reserved.append(r.max_total_tokens)
+                reserved.extend(need)
             plan.admitted.append(r.request_id)
-            if start:
+            if start and not swapped:
                 plan.cached_tokens[r.request_id] = start
-            n_running += 1
+            n_running += r.group_size
             spend(r, self._add_prefill(plan, r, start, length))
         if ledger is not None:
             plan.preempted = [v.request_id for v in ledger.preempted]

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from .conftest import ARTIFACTS, is_benign
-from .jupyterlab import error_outputs, run_all_cells, wait_for_idle_kernel
+from .jupyterlab import error_outputs, plot_state, run_all_cells, wait_for_idle_kernel, wait_for_new_plot
 from .lab_server import COURSE_SETTINGS, REPO, make_lab_command, start_lab, stop_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -74,14 +74,20 @@ def test_notebook_00_opens_steps_after_run_all_and_links_to_an_exercise(make_lab
         heading = page.locator(".jp-Notebook .jp-RenderedMarkdown h1").first
         heading.wait_for(timeout=90_000)
         assert "00 · Start here" in heading.inner_text()
-        wait_for_idle_kernel(page, server)
+        wait_for_idle_kernel(page, server, "notebooks/00_start_here.ipynb")
         page.screenshot(path=str(ARTIFACTS / "make-lab-00-opened.png"))
 
         run_all_cells(page)
         unexpected = [e for e in error_outputs(page) if "max_new_tokens" not in e]  # one cell is meant to fail
         assert unexpected == [], f"cells of notebook 00 raised: {unexpected}"
-        assert page.get_by_role("button", name="run one step").count() == 1, "the step widget did not render"
+        button = page.get_by_role("button", name="run one step")
+        assert button.count() == 1, "the step widget did not render"
         page.screenshot(path=str(ARTIFACTS / "make-lab-00-after-run-all.png"))
+        # The first thing a learner tries after Run All: the button still steps (the check ran its own engine).
+        widget = page.locator(".widget-vbox:has(button:has-text('run one step')):has(.js-plotly-plot)").last
+        before = plot_state(widget)
+        button.click()
+        wait_for_new_plot(widget, before)
 
         link = page.locator(".jp-RenderedMarkdown a[href*='exercises/ex01_ragged_mask.ipynb']").first
         link.scroll_into_view_if_needed()

@@ -1,0 +1,159 @@
+"""Swap preemption: a victim's K/V goes to the host pool and comes back; outputs never change, nothing leaks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cblab_teach import ConfigError, Engine, EngineConfig, SamplingParams
+from cblab_teach.core.swap import HostKVPool
+from cblab_teach.errors import KVCacheError
+from cblab_teach.workloads import make_workload
+
+from .helpers import run_alone
+from .reference import greedy
+
+
+@pytest.fixture(scope="module")
+def tight():
+    return make_workload(10, (1, 28), (1, 18), vocab_size=97, seed=5)
+
+
+@pytest.fixture(scope="module")
+def expected(model64, tight):
+    return [greedy(model64, p, n) for p, n in zip(tight.prompts, tight.max_new_tokens)]
+
+
+def swap_config(num_blocks: int, num_host_blocks: int = 64, **kw) -> EngineConfig:
+    return EngineConfig(
+        max_tokens_per_step=16, prefill_chunk_size=8, block_size=4, num_blocks=num_blocks,
+        preemption="swap", num_host_blocks=num_host_blocks, **kw,
+    )
+
+
+def serve(engine: Engine, workload) -> tuple[list[int], list[dict[int, int]]]:
+    """Run to the end, checking the pools every step; returns the ids and, per step, the tokens each running
+    request held before it."""
+    ids = [engine.add_request(p, n) for p, n in zip(workload.prompts, workload.max_new_tokens)]
+    pool = engine.kv.num_blocks
+    held = []
+    while engine.has_unfinished():
+        held.append({r.request_id: r.num_computed for r in engine.running})
+        record = engine.step()
+        owned = [b for t in record.block_tables.values() for b in t]
+        assert len(owned) == len(set(owned)) and len(owned) + engine.kv.num_free_blocks == pool
+        for rid in record.swapped:  # parked on the host, holding no device KV, waiting
+            assert engine.swap.holds(rid) and rid not in engine.kv.block_tables and rid in record.waiting
+            assert engine.request(rid).num_computed == held[-1][rid]  # it keeps its place
+    return ids, held
+
+
+@pytest.mark.parametrize("num_blocks", [12, 15])
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_swap_keeps_outputs_and_recomputes_nothing(model64, tight, expected, num_blocks, policy):
+    engine = Engine(model64, swap_config(num_blocks, policy=policy))
+    ids, _ = serve(engine, tight)
+    assert [engine.output(i) for i in ids] == expected
+    s = engine.stats
+    assert s.preemptions > 0 and s.swap_outs == s.preemptions  # every victim fitted the host pool
+    assert s.recomputed_tokens == 0
+    assert s.swapped_out_bytes == s.swapped_in_bytes > 0  # everything that went out came back
+    assert engine.swap.used_blocks == 0 and not engine.swap.tables  # the host pool is empty again
+    assert engine.kv.num_free_blocks == num_blocks and not engine.kv.block_tables
+
+
+def test_swapped_bytes_are_the_victims_tokens(model64, tight):
+    """Bytes out = tokens parked x bytes per token (every layer's K and V), counted from the records."""
+    engine = Engine(model64, swap_config(12))
+    _, held = serve(engine, tight)
+    parked_tokens = sum(before[rid] for before, record in zip(held, engine.records) for rid in record.swapped)
+    assert parked_tokens > 0
+    assert engine.stats.swapped_out_bytes == parked_tokens * engine.kv.bytes_per_slot
+
+
+def test_resumed_request_starts_where_it_stopped(model64, tight):
+    """After a swap-in, the request's first chunk starts at the tokens it had, not at 0."""
+    engine = Engine(model64, swap_config(12))
+    _, held = serve(engine, tight)
+    parked = {}
+    resumed = 0
+    for before, record in zip(held, engine.records):
+        for c in record.plan.chunks:
+            if c.request_id in parked and c.request_id in record.plan.admitted:
+                assert c.start == parked.pop(c.request_id) > 0
+                resumed += 1
+        for rid in record.swapped:
+            parked[rid] = before[rid]
+    assert resumed > 0 and not parked
+
+
+def test_a_host_pool_too_small_falls_back_to_recompute(model64, tight, expected):
+    engine = Engine(model64, swap_config(12, num_host_blocks=3))
+    ids, _ = serve(engine, tight)
+    assert [engine.output(i) for i in ids] == expected  # nobody lost
+    s = engine.stats
+    assert s.swap_outs > 0 and s.recomputed_tokens > 0 and s.swap_outs < s.preemptions
+    assert engine.swap.used_blocks == 0
+
+
+def test_swap_with_prefix_caching_speculation_and_sampling(model64, tight):
+    shared = list(range(1, 9))
+    prompts = [shared + p[:10] for p in tight.prompts]
+    sampling = [SamplingParams(temperature=0.8, top_k=20, seed=i) if i % 2 else None for i in range(len(prompts))]
+    lengths = tight.max_new_tokens
+    alone = [
+        Engine(model64, EngineConfig()).generate([p], n, sampling=[s])[0] for p, n, s in zip(prompts, lengths, sampling)
+    ]
+    engine = Engine(
+        model64, swap_config(14, enable_prefix_caching=True, speculative="ngram", num_speculative_tokens=3)
+    )
+    assert engine.generate(prompts, lengths, sampling=sampling) == alone
+    assert engine.stats.swap_outs > 0 and engine.stats.prefix_hit_tokens > 0
+    assert engine.swap.used_blocks == 0 and not engine.kv.block_tables
+
+
+def test_swap_and_recompute_give_the_same_tokens(model64, tight):
+    outs = {}
+    for mode in ("recompute", "swap"):
+        engine = Engine(model64, dataclasses.replace(swap_config(12), preemption=mode))
+        outs[mode] = engine.generate(tight.prompts, tight.max_new_tokens)
+        assert engine.stats.preemptions > 0
+    alone = [run_alone(model64, p, n) for p, n in zip(tight.prompts, tight.max_new_tokens)]
+    assert outs["swap"] == outs["recompute"] == alone
+
+
+def test_host_pool_round_trip_is_exact(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=8))
+    rid = engine.add_request(list(range(1, 12)), 2)
+    engine.step()
+    k_before, v_before = engine.kv.gather(0, rid)
+    pool = HostKVPool(*engine.kv.k.shape[:1], *engine.kv.k.shape[2:], 4, 3, dtype=engine.kv.k.dtype)
+    n = engine.request(rid).num_computed
+    nbytes = pool.swap_out(engine.kv, rid, n)
+    assert nbytes == n * engine.kv.bytes_per_slot
+    engine.kv.free(rid)
+    engine.kv.k.normal_()  # whatever the device pool held is gone
+    engine.kv.admit(rid, 13)
+    assert pool.swap_in(engine.kv, rid) == (n, nbytes)
+    k_after, v_after = engine.kv.gather(0, rid)
+    assert torch.equal(k_after, k_before) and torch.equal(v_after, v_before)
+    with pytest.raises(KVCacheError, match="not swapped out"):
+        pool.swap_in(engine.kv, rid)
+    with pytest.raises(KVCacheError, match="host pool has 4 free blocks, request 7 needs 5"):
+        pool.swap_out(engine.kv, 7, 13)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(preemption="swap", num_host_blocks=0), r"num_host_blocks must be an int >= 1, got 0"),
+        (dict(preemption="swap", num_host_blocks=2.5), r"num_host_blocks must be an int >= 1, got 2\.5"),
+        (dict(preemption="swap", kv_layout="dense"), r"preemption='swap' needs kv_layout='paged', got 'dense'"),
+        (dict(preemption="evict"), r"preemption must be one of \(False, True, 'recompute', 'swap'\), got 'evict'"),
+    ],
+)
+def test_bad_swap_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig(**kwargs)
