@@ -57,12 +57,14 @@ progress: install  # the course map with what you have passed (~/.cblab_teach/pr
 site: install
 	$(PY) scripts/build_site.py
 
-slides: install  # offline reveal.js decks of every notebook in site/slides/ (make site links them)
+slides: install  # offline reveal.js decks of every notebook in site/slides/, linked from site/index.html in either order
 	$(PY) scripts/build_slides.py
 
-grade: install  # grade a class: make grade DIR=submitted (DIR/<learner>/<exercise>.ipynb)
-	@test -n "$(DIR)" || { echo "usage: make grade DIR=folder-of-learner-folders"; exit 2; }
-	$(PY) -m cblab_teach.checks grade $(DIR)
+# grade a class: make grade DIR=submitted [ARGS="--jobs 2"]; DIR/<learner>/<exercise>.ipynb or nbgrader's
+# DIR/<learner>/<assignment>/<exercise>.ipynb. It runs the learners' code with your rights (docs/teaching.md).
+grade: install
+	@test -n "$(DIR)" || { echo "usage: make grade DIR=folder-of-learner-folders [ARGS=\"--jobs 2\"]"; exit 2; }
+	$(PY) -m cblab_teach.checks grade $(DIR) $(ARGS)
 
 fuzz: install  # fresh seeds, many examples; prints the shrunk failing example and its seed (minutes, not CI)
 	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "hypothesis seed $$seed (rerun: make fuzz SEED=$$seed)"; \
@@ -71,7 +73,8 @@ fuzz: install  # fresh seeds, many examples; prints the shrunk failing example a
 
 mutants: install  # mutation testing of the core against the fast tests (tests/README.md); not in CI
 	$(PY) -m pip install -q -e ".[mutants]"
-	CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2; $(VENV)/bin/mutmut results | grep -c survived
+	CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2
+	$(PY) scripts/mutation_score.py
 
 lint: install
 	$(VENV)/bin/ruff check cblab_teach tests benchmarks scripts

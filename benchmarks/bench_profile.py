@@ -9,7 +9,9 @@ The benchmark model serves 64 requests arriving together (the Hugging Face compa
 For each: the wall time of the run (fastest of ``repeats``, interleaved), and one run under ``torch.profiler``
 split into matmuls, attention, KV reads and writes, other model math, Python and bookkeeping
 (:func:`cblab_teach.monitoring.step_profile.profile_breakdown`). The matmul-only limit of the default path's
-steps (:func:`~cblab_teach.monitoring.step_profile.matmul_limit_s`) is measured in the same run.
+steps (:func:`~cblab_teach.monitoring.step_profile.matmul_limit_s`) is measured in the same run, and so are the
+same matmuls with q|k|v and gate|up fused (:func:`~cblab_teach.monitoring.step_profile.fused_matmul_s`): the
+engine keeps separate projections unless fusing them pays here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import time
 import plotly.graph_objects as go
 
 from cblab_teach import Engine, EngineConfig
-from cblab_teach.monitoring.step_profile import CATEGORIES, matmul_limit_s, profile_breakdown, step_shapes
+from cblab_teach.monitoring.step_profile import (
+    CATEGORIES,
+    fused_matmul_s,
+    matmul_limit_s,
+    profile_breakdown,
+    step_shapes,
+)
 from cblab_teach.workloads import make_workload
 
 from .common import VOCAB, bench_model, timed_call
@@ -61,8 +69,13 @@ def run(quick: bool = False) -> dict:
                 shapes = step_shapes(engine.records)
     limit = matmul_limit_s(model, shapes)
     limit_cpu = matmul_limit_s(model, shapes, clock=time.process_time)
+    # fused q|k|v and gate|up, timed interleaved with the separate ones: does fusing pay on this CPU?
+    separate = [matmul_limit_s(model, shapes, clock=time.process_time) for _ in range(s["repeats"])]
+    fused = [fused_matmul_s(model, shapes, clock=time.process_time) for _ in range(s["repeats"])]
     metrics: dict = {"concurrency": c, "output_tokens": w.total_new_tokens, "steps": len(shapes)}
     metrics["matmul_limit_s"], metrics["matmul_limit_cpu_s"] = limit, limit_cpu
+    metrics["fused_projections_over_separate"] = min(fused) / min(separate)
+    metrics["fused_projections_spread"] = [min(fused) / max(separate), max(fused) / min(separate)]
     metrics["outputs_identical_share"] = sum(outputs[n] == outputs["default"] for n in PATHS) / len(PATHS)
     table, fig = [], go.Figure()
     breakdowns = {}

@@ -301,18 +301,39 @@ def publish_teaching(out: Path) -> None:
             encoding="utf-8",
         )
         links.append(f'<li><a href="{name}.html">{title}</a></li>')
-    decks = sorted(p for p in (out / "slides").glob("[0-9][0-9]_*.html")) if (out / "slides").is_dir() else []
-    deck_links = " · ".join(f'<a href="slides/{p.name}">{p.stem[:2]}</a>' for p in decks)
-    slides = (
-        f'<li><a href="slides/index.html">Slides</a>, one offline deck per notebook: {deck_links}</li>'
-        if decks
-        else "<li>Slides: <code>make slides</code> writes one offline deck per notebook to <code>slides/</code></li>"
-    )
+    slides = slides_item(out / "slides")
     section = f'  <h2 id="teaching">Teaching it in a room</h2>\n  <ul>\n    {slides}\n    ' + "\n    ".join(links)
     index = out / "index.html"
     if index.exists():
         page = index.read_text(encoding="utf-8")
         index.write_text(page.replace("</body>", f"{section}\n  </ul>\n</body>", 1), encoding="utf-8")
+
+
+SLIDES_ITEM = re.compile(r'<li id="slides">.*?</li>', re.S)
+
+
+def slides_item(slides: Path) -> str:
+    """The index's entry for the decks in ``slides`` (beside index.html): a link to each, or how to build them."""
+    decks = sorted(slides.glob("[0-9][0-9]_*.html")) if slides.is_dir() else []
+    deck_links = " · ".join(f'<a href="{slides.name}/{p.name}">{p.stem[:2]}</a>' for p in decks)
+    if decks:
+        return f'<li id="slides"><a href="{slides.name}/index.html">Slides</a>, one offline deck per notebook: {deck_links}</li>'
+    return (
+        '<li id="slides">Slides: <code>make slides</code> writes one offline deck per notebook to '
+        f"<code>{slides.name}/</code></li>"
+    )
+
+
+def link_slides(index: Path, slides: Path) -> bool:
+    """Bring a built index.html's slides entry up to date with ``slides``; ``make slides`` calls it, so the decks
+    are linked whichever of ``make site`` and ``make slides`` ran first. False when there is no entry to update."""
+    if not index.exists():
+        return False
+    page = index.read_text(encoding="utf-8")
+    if not SLIDES_ITEM.search(page):
+        return False
+    index.write_text(SLIDES_ITEM.sub(lambda _: slides_item(slides), page, count=1), encoding="utf-8")
+    return True
 
 
 def index_page(entries: list[tuple[str, str, float, int]]) -> str:

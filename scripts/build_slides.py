@@ -14,12 +14,20 @@ is (``make lab`` and the RISE button present the notebook live, widgets and all)
 Slide types come from each cell's ``metadata.slideshow`` (``scripts/slide_metadata.py``
 writes them); a cell without one gets what those rules give.
 
+Each notebook runs as ``make site`` runs it (``build_site.execute_isolated``): in a process of
+its own under a wall-clock limit, so a stalled one is stopped and reported with the cell it
+was running, and the other decks are still built. When the site is already built, its
+``index.html`` is updated to link the decks, so ``make site`` and ``make slides`` may run in
+either order.
+
     .venv/bin/python scripts/build_slides.py [--out site/slides] [--only 03] [--notebook PATH ...]
+        [--timeout 300] [--notebook-timeout 240]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import importlib.util
 import re
@@ -31,7 +39,6 @@ from pathlib import Path
 import nbformat
 from jinja2 import DictLoader
 from nbconvert import SlidesExporter
-from nbconvert.preprocessors import ExecutePreprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -93,12 +100,17 @@ def course_notebooks(only: str | None = None) -> list[Path]:
     return paths
 
 
-def slide_rules():
-    """``scripts/slide_metadata.py``, loaded by path (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("slide_metadata", Path(__file__).with_name("slide_metadata.py"))
+@functools.cache
+def sibling(name: str):
+    """``scripts/<name>.py``, loaded by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def slide_rules():
+    return sibling("slide_metadata")
 
 
 def fill_slide_types(nb: nbformat.NotebookNode) -> int:
@@ -185,13 +197,15 @@ def offline_problems(page: str, name: str) -> list[str]:
     return [f"{name}: loads {len(found)} asset(s) from the network, e.g. {found[0]!r}"] if found else []
 
 
-def build_deck(path: Path, out: Path, timeout: int) -> tuple[str, float, int]:
-    """Execute ``path`` and write ``out/<stem>.html``; returns its title, execution seconds and slide count."""
-    nb = nbformat.read(path, as_version=4)
-    fill_slide_types(nb)
+def build_deck(path: Path, out: Path, timeout: int, notebook_timeout: int = 240) -> tuple[str, float, int]:
+    """Execute ``path`` (its own process, ``notebook_timeout`` seconds at most) and write ``out/<stem>.html``;
+    returns its title, execution seconds and slide count. A notebook that fails or stalls raises, saying where."""
     started = time.perf_counter()
-    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(path.parent)}})
+    nb, why = sibling("build_site").execute_isolated(path, timeout, notebook_timeout)
     seconds = time.perf_counter() - started
+    if nb is None:
+        raise RuntimeError(why)
+    fill_slide_types(nb)
     replace_widget_views(nb)
     title = title_of(nb, path.stem)
     page, _ = exporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
@@ -226,26 +240,30 @@ def index_page(entries: list[tuple[str, str, int]]) -> str:
 """
 
 
-def build(out: Path, paths: list[Path], timeout: int) -> int:
+def build(out: Path, paths: list[Path], timeout: int, notebook_timeout: int = 240) -> int:
     if not paths:
         print("no notebooks to build", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
     ship_assets(out)
     entries, problems = [], []
-    for path in paths:
+    for i, path in enumerate(paths, 1):
+        print(f"[{i:>2}/{len(paths)}] {path.name} ...", end=" ", flush=True)
         try:
-            title, seconds, slides = build_deck(path, out, timeout)
+            title, seconds, slides = build_deck(path, out, timeout, notebook_timeout)
         except Exception as err:  # one failing notebook is reported; the other decks are still built
-            problems.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            print("FAILED", flush=True)
+            problems.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
             continue
         problems += offline_problems((out / f"{path.stem}.html").read_text(encoding="utf-8"), path.name)
         entries.append((path.stem, title, slides))
-        print(f"{path.stem:<34} {slides:3d} slides, executed in {seconds:5.1f} s", flush=True)
+        print(f"{slides:3d} slides, executed in {seconds:5.1f} s", flush=True)
     (out / "index.html").write_text(index_page(entries), encoding="utf-8")
+    site_index = out.parent / "index.html"
+    linked = sibling("build_site").link_slides(site_index, out)
     for p in problems:
         print("PROBLEM:", p, file=sys.stderr)
-    print(f"wrote {len(entries)} decks and index.html to {out}")
+    print(f"wrote {len(entries)} decks and index.html to {out}" + (f"; linked them from {site_index}" if linked else ""))
     return 1 if problems else 0
 
 
@@ -255,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="course notebooks whose name starts with (or contains) this")
     parser.add_argument("--notebook", type=Path, nargs="+", help="build these notebooks instead of the course")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
+    parser.add_argument("--notebook-timeout", type=int, default=240, help="seconds per notebook, start-up included")
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebook] if args.notebook else course_notebooks(args.only)
-    return build(args.out, paths, args.timeout)
+    return build(args.out, paths, args.timeout, args.notebook_timeout)
 
 
 if __name__ == "__main__":

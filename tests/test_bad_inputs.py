@@ -324,6 +324,10 @@ ROWS = [
         r"got 2 prompts but 1 max_new_tokens"),
     Row("static batching: id past the vocabulary", lambda c: StaticBatchingEngine(c.model).generate([[500]], 2),
         RequestError, r"token ids \[500\] are outside the vocabulary"),
+    Row("static batching: float token id", lambda c: StaticBatchingEngine(c.model).generate([[1.5, 2.0]], 2),
+        RequestError, r"prompt 0: token ids must be integers, got 1\.5 \(float\) at prompt_ids\[0\]"),
+    Row("static batching: string token id", lambda c: StaticBatchingEngine(c.model).generate([[2, "3"]], 2),
+        RequestError, r"prompt 0: token ids must be integers, got '3' \(str\) at prompt_ids\[1\]"),
     Row("step with nothing to run", lambda c: Engine(c.model).step(), CBLabError,
         r"nothing to run: every request has finished; add_request\(\) first"),
     # KV caches

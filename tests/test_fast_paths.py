@@ -24,7 +24,14 @@ from cblab_teach.core.kv_cache import DenseKVCache, PagedAllocator
 from cblab_teach.core.scheduler import ScheduledChunk, StepPlan
 from cblab_teach.core.speculative import PromptLookupProposer, lookup_by_scan, propose_by_recompute
 from cblab_teach.model.tiny_lm import StepContext
-from cblab_teach.monitoring.step_profile import CATEGORIES, matmul_limit_s, profile_breakdown, step_shapes
+from cblab_teach.monitoring.step_profile import (
+    CATEGORIES,
+    fused_matmul_s,
+    fused_weights,
+    matmul_limit_s,
+    profile_breakdown,
+    step_shapes,
+)
 from cblab_teach.plugins.kv_quant import KVQuantizationPlugin
 
 
@@ -216,6 +223,22 @@ def test_step_profile_breakdown_and_limit(model64, workload):
     assert sum(rows for _, rows in shapes) == sum(len(r.sampled) for r in report["records"])  # no drafts here
     assert matmul_limit_s(model64, shapes, repeats=1) > 0
     assert matmul_limit_s(model64, [], repeats=1) == 0.0
+
+
+def test_fused_weights_compute_the_same_projections(model64):
+    """The fused matmuls timed against the limit are the same math: q|k|v and gate|up split back out."""
+    x = torch.randn(5, model64.config.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = fused_weights(model64)
+    assert len(weights) == 4 * model64.config.num_layers
+    for layer, block in enumerate(model64.layers):
+        a, m = block.self_attn, block.mlp
+        qkv = torch.nn.functional.linear(x, weights[4 * layer])
+        want = torch.cat([a.q_proj(x), a.k_proj(x), a.v_proj(x)], dim=-1)
+        torch.testing.assert_close(qkv, want)
+        gate_up = torch.nn.functional.linear(x, weights[4 * layer + 2])
+        torch.testing.assert_close(gate_up, torch.cat([m.gate_proj(x), m.up_proj(x)], dim=-1))
+        assert weights[4 * layer + 1] is a.o_proj.weight and weights[4 * layer + 3] is m.down_proj.weight
+    assert fused_matmul_s(model64, [(7, 2)], repeats=1) > 0
 
 
 def test_ngram_index_equals_the_scan_as_histories_grow():

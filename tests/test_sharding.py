@@ -299,3 +299,22 @@ def test_run_distributed_decode_moves_far_less_than_the_kv():
     res = run_distributed(2, num_queries=1, num_keys=96, num_heads=4, num_kv_heads=2, head_dim=16, seed=7)
     assert res.max_abs_error < 1e-12 and res.ranks_agree
     assert res.communication_ratio > 10  # one decode query vs 96 cached keys
+
+
+def test_distributed_result_prints_a_few_lines_not_its_tensors():
+    """At the prompt, ``run_distributed(2)`` shows its key numbers; the thousands of values stay in ``.out``."""
+    from cblab_teach.advanced.distributed import DistributedResult
+
+    out = torch.randn(1, 64, 4, 16, dtype=torch.float64)
+    res = DistributedResult(
+        out=out, reference=out.clone(), max_abs_error=3.5e-17, ranks_agree=True, world_size=2,
+        shard_sizes=[48, 48], partial_bytes_per_rank=33_280, bytes_communicated=66_560,
+        kv_bytes_per_rank=[12_288, 12_288], kv_gather_bytes=798_720, seconds=1.234,
+    )  # fmt: skip
+    text = repr(res)
+    assert len(text.splitlines()) <= 5 and len(text) < 600, text
+    for key in ("2 ranks", "[48, 48]", "[1, 64, 4, 16]", "matches", "3.5e-17", "ranks agree: True",
+                "66,560 bytes", "798,720 bytes", "12.0x", "1.23 s"):  # fmt: skip
+        assert key in text, (key, text)
+    worse = DistributedResult(**{**res.__dict__, "max_abs_error": 0.25, "ranks_agree": False})
+    assert "differs from" in repr(worse) and "ranks agree: False" in repr(worse)

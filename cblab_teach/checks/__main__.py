@@ -19,12 +19,15 @@ from typing import Any
 
 from . import EXERCISES, check, get_exercise
 from ._base import Exercise, UnknownExerciseError
+from .grade import without_own_check
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def load_solution(exercise: Exercise, notebook: Path) -> Any:
-    """Run the notebook's code cells up to the one defining ``exercise.entry``; return that definition."""
+    """Run the notebook's code cells up to the one defining ``exercise.entry``; return that definition.
+
+    A ``check(...)`` in that same cell is left out: ``main`` runs the check once, with its own seed."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     namespace: dict[str, Any] = {"__name__": "__solution__"}
     for cell in cells:
@@ -32,6 +35,7 @@ def load_solution(exercise: Exercise, notebook: Path) -> Any:
             continue
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        code = without_own_check(code, exercise.name)  # the cell's own check(...) would run before this one
         exec(compile(code, f"{notebook.name}", "exec"), namespace)
         if re.search(rf"^(def|class) {re.escape(exercise.entry)}\b", source, flags=re.M):
             return namespace[exercise.entry]

@@ -1,14 +1,18 @@
 """Grade a class: every learner's exercise notebooks, each in a fresh kernel, into ``grades.csv`` and ``grades.html``.
 
-The folder is laid out as nbgrader lays out submissions, one folder per learner::
+The folder holds one folder per learner, with the notebooks in it or, as nbgrader lays
+out submissions, in one folder per assignment inside it::
 
-    DIR/<learner>/<exercise>.ipynb        e.g. DIR/ada/ex01_ragged_mask.ipynb
+    DIR/<learner>/<exercise>.ipynb                e.g. DIR/ada/ex01_ragged_mask.ipynb
+    DIR/<learner>/<assignment>/<exercise>.ipynb   e.g. submitted/ada/week1/ex01_ragged_mask.ipynb
 
 Each notebook runs top to bottom in its own kernel, in a temporary working
 directory, with a time limit on its cells; then the exercise's own check runs in
 that kernel against the learner's definition (the notebook's own ``check(...)``
-cell is left out, so the check runs once). One notebook's crash, hang or broken
-JSON becomes its row's status and never stops the others.
+statements are left out, so the check runs once). One notebook's crash, hang or
+broken JSON becomes its row's status and never stops the others. The kernels
+record no progress (``CBLAB_TEACH_PROGRESS=off``): the learners' checks are not
+the teacher's.
 
 Running learners' code is the point, so it runs with the rights of whoever runs
 the grader: grade a class in a container or a throw-away account.
@@ -19,9 +23,11 @@ the grader: grade a class in a container or a throw-away account.
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import html
 import json
+import os
 import re
 import secrets
 import sys
@@ -32,12 +38,21 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nbformat
-
+from ..errors import CBLabError
+from ..progress import ENV as PROGRESS_ENV
 from . import get_exercise
 from ._base import UnknownExerciseError
+
+if TYPE_CHECKING:  # imported where used: ``python -m cblab_teach.checks`` shares without_own_check, not nbformat
+    import nbformat
+
+LAYOUTS = "DIR/<learner>/<exercise>.ipynb, or nbgrader's DIR/<learner>/<assignment>/<exercise>.ipynb"
+
+
+class SubmissionFolderError(CBLabError, ValueError):
+    """The class folder is not laid out as the grader reads it (no notebook found, or one handed in twice)."""
 
 STATUSES = ("pass", "fail", "error", "timeout", "invalid", "missing")
 STATUS_MEANING = {
@@ -78,12 +93,33 @@ class Submission:
     path: Path
 
 
+def _folders(folder: Path) -> list[Path]:
+    """Sub-folders, sorted; hidden ones (``.ipynb_checkpoints``, ``.git``) hold no submissions."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def find_submissions(folder: Path) -> list[Submission]:
-    """``folder/<learner>/<name>.ipynb``, sorted; hidden folders and Jupyter checkpoints are not submissions."""
+    """``folder/<learner>/<name>.ipynb`` and nbgrader's ``folder/<learner>/<assignment>/<name>.ipynb``, sorted.
+
+    A folder with no notebook in either place is a :class:`SubmissionFolderError`, not an empty grade sheet:
+    a wrong ``DIR`` should not look like a class that handed nothing in.
+    """
     found = []
-    for learner in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for notebook in sorted(learner.glob("*.ipynb")):
+    for learner in _folders(folder):
+        notebooks = sorted(learner.glob("*.ipynb")) + [n for a in _folders(learner) for n in sorted(a.glob("*.ipynb"))]
+        first: dict[str, Path] = {}
+        for notebook in notebooks:
+            if notebook.stem in first:  # one row per learner and exercise: which one to grade is the teacher's call
+                raise SubmissionFolderError(
+                    f"{learner.name} hands in {notebook.stem} twice: {first[notebook.stem]} and {notebook}; keep one"
+                )
+            first[notebook.stem] = notebook
             found.append(Submission(learner.name, notebook.stem, notebook))
+    if not found:
+        loose = sorted(p.name for p in folder.glob("*.ipynb"))
+        shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+        hint = f"; the notebooks directly in it ({shown}) need a folder per learner" if loose else ""
+        raise SubmissionFolderError(f"no notebook to grade in {folder} (accepted layouts: {LAYOUTS}){hint}")
     return found
 
 
@@ -116,8 +152,71 @@ def calls_own_check(source: str, exercise: str) -> bool:
     return re.search(rf"\bcheck\(\s*[\"']{re.escape(exercise)}[\"']", source) is not None
 
 
+def _is_own_check(node: ast.AST, exercise: str) -> bool:
+    """``check("exNN_...", ...)`` or ``checks.check(name="exNN_...", ...)``."""
+    if not isinstance(node, ast.Call):
+        return False
+    if not (getattr(node.func, "id", None) == "check" or getattr(node.func, "attr", None) == "check"):
+        return False
+    first = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
+    return isinstance(first, ast.Constant) and first.value == exercise
+
+
+def _bound_names(stmt: ast.stmt) -> set[str]:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+
+
+def _parse_cell(source: str) -> ast.Module | None:
+    """The cell as Python; IPython's own transformer turns ``%magic`` and ``!shell`` lines into calls first."""
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        pass
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return ast.parse(TransformerManager().transform_cell(source))
+    except (ImportError, SyntaxError):
+        return None
+
+
+def without_own_check(source: str, exercise: str) -> str:
+    """The cell minus its ``check("exNN_...", ...)`` statements and the later ones that use what they bound
+    (``assert result, result.summary``): the grader runs the check once, itself, and a function defined in
+    the same cell stays defined. A cell that does not parse is left as it is, so its row reports the error."""
+    if not calls_own_check(source, exercise):
+        return source
+    tree = _parse_cell(source)
+    if tree is None:
+        return source
+    tainted: set[str] = set()
+    kept = []
+    for stmt in tree.body:
+        loads = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        if any(_is_own_check(n, exercise) for n in ast.walk(stmt)) or loads & tainted:
+            tainted |= _bound_names(stmt)
+        else:
+            tainted -= _bound_names(stmt)
+            kept.append(stmt)
+    if len(kept) == len(tree.body):
+        return source
+    return ast.unparse(ast.Module(body=kept, type_ignores=[])) if kept else ""
+
+
+def kernel_env() -> dict[str, str]:
+    """The grader's environment with progress recording off: a learner's ``check()`` must not write the
+    teacher's progress file (``~/.cblab_teach/progress.json``)."""
+    return {**os.environ, PROGRESS_ENV: "off"}
+
+
 def read_submission(path: Path) -> nbformat.NotebookNode:
     """The notebook, or ``ValueError`` saying why it is not one."""
+    import nbformat
+
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -138,6 +237,7 @@ def grade_notebook(
     sub: Submission, time_limit: float = 300, check_limit: float = 300, seed: int = 0, kernel: str = "python3"
 ) -> Grade:
     """Execute one submission in a fresh kernel and a temporary directory, then run its exercise's check there."""
+    import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -156,9 +256,9 @@ def grade_notebook(
         return done("invalid", str(e))
 
     marker = f"CBLAB-GRADE-{secrets.token_hex(8)}:"
-    nb.cells = [
-        c for c in nb.cells if not (c.cell_type == "code" and calls_own_check(c.source, sub.exercise))
-    ]
+    for c in nb.cells:  # emptied, not removed: "code cell N" in an error row stays the learner's numbering
+        if c.cell_type == "code":
+            c.source = without_own_check(c.source, sub.exercise)
     grading = nbformat.v4.new_code_cell(grading_source(sub.exercise, marker, seed))
     nb.cells.append(grading)
     deadline: list[float] = []
@@ -182,7 +282,7 @@ def grade_notebook(
             startup_timeout=120,
         )
         try:
-            client.execute()
+            client.execute(env=kernel_env())
         except CellTimeoutError:
             if running and running[0] is grading:
                 return done("timeout", f"the check ran past {check_limit:g} s")
@@ -311,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cblab_teach.checks grade", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("folder", type=Path, help="DIR holding DIR/<learner>/<exercise>.ipynb")
+    parser.add_argument("folder", type=Path, help=f"the class folder: {LAYOUTS}")
     parser.add_argument("--time-limit", type=float, default=300, help="seconds a notebook's cells may run in all")
     parser.add_argument("--check-limit", type=float, default=300, help="seconds the check may run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the checks' randomised cases")
@@ -321,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         print(f"{args.folder} is not a folder", file=sys.stderr)
         return 2
-    grades = grade_folder(args.folder, args.time_limit, args.check_limit, args.seed, args.jobs)
+    try:
+        grades = grade_folder(args.folder, args.time_limit, args.check_limit, args.seed, args.jobs)
+    except SubmissionFolderError as e:
+        print(e, file=sys.stderr)
+        return 2
     out = args.out or args.folder
     out.mkdir(parents=True, exist_ok=True)
     write_csv(grades, out / "grades.csv")

@@ -38,7 +38,7 @@ from .batch_builder import build_batch
 from .config import EngineConfig
 from .kv_cache import DenseKVCache, KVCache, KVUsage, PagedAllocator
 from .kv_transfer import PrefilledRequest
-from .request import Request, RequestState, SamplingParams
+from .request import Request, RequestState, SamplingParams, token_ids
 from .sampling import accept_drafts, sample_token, verify_sampled
 from .scheduler import Scheduler, StepPlan, is_decoding
 from .speculative import DraftModelProposer, PromptLookupProposer
@@ -285,12 +285,7 @@ class Engine:
             raise RequestError(f"request_id must be an int, got {rid!r}")
         if rid in self.requests:
             raise DuplicateRequestError(f"request id {rid} is already in use")
-        if isinstance(prompt_ids, (str, bytes)):
-            raise RequestError(f"request {rid}: prompt_ids must be a sequence of ints, got {prompt_ids!r}")
-        try:
-            prompt = [_token_id(t, rid, i) for i, t in enumerate(prompt_ids)]
-        except TypeError as e:
-            raise RequestError(f"prompt_ids must be a sequence of ints, got {prompt_ids!r}") from e
+        prompt = token_ids(prompt_ids, f"request {rid}")
         if not prompt:
             raise RequestError(f"request {rid}: the prompt is empty; give at least one token id")
         vocab = self.model.config.vocab_size
@@ -609,18 +604,6 @@ class Engine:
         ids = [self.add_request(p, m, sampling=s) for p, m, s in zip(prompts, lengths, params)]
         self.run(progress=progress)
         return [self.output(i) for i in ids]
-
-
-def _token_id(t, rid, index: int) -> int:
-    """A token id is an integer: Python, numpy or a 0-d integer torch tensor. ``int()`` would truncate 1.5 to 1
-    and turn "3" into 3, silently serving a different prompt."""
-    if isinstance(t, torch.Tensor) and t.ndim == 0 and not (t.is_floating_point() or t.is_complex()):
-        t = t.item() if t.dtype != torch.bool else t
-    if isinstance(t, numbers.Integral) and not isinstance(t, bool):
-        return int(t)
-    raise RequestError(
-        f"request {rid}: token ids must be integers, got {t!r} ({type(t).__name__}) at prompt_ids[{index}]"
-    )
 
 
 def _valid_sampling(s) -> bool:

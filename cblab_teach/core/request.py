@@ -9,7 +9,13 @@ token (the last one it generated) waits to be fed back.
 from __future__ import annotations
 
 import enum
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import RequestError
 
 
 class RequestState(str, enum.Enum):
@@ -101,3 +107,26 @@ class Request:
             self.state = RequestState.FINISHED
         else:
             self.state = RequestState.DECODE
+
+
+def token_ids(prompt_ids: Iterable, owner: str = "prompt") -> list[int]:
+    """The prompt as a list of Python ints, or a :class:`RequestError` naming the first bad value.
+
+    A token id is an integer: Python, numpy or a 0-d integer torch tensor. ``int()`` would truncate 1.5 to 1 and
+    turn "3" into 3, silently serving a different prompt."""
+    if isinstance(prompt_ids, (str, bytes)):
+        raise RequestError(f"{owner}: prompt_ids must be a sequence of ints, got {prompt_ids!r}")
+    try:
+        items = list(prompt_ids)
+    except TypeError as e:
+        raise RequestError(f"{owner}: prompt_ids must be a sequence of ints, got {prompt_ids!r}") from e
+    out = []
+    for index, t in enumerate(items):
+        if isinstance(t, torch.Tensor) and t.ndim == 0 and not (t.is_floating_point() or t.is_complex()):
+            t = t.item() if t.dtype != torch.bool else t
+        if not isinstance(t, numbers.Integral) or isinstance(t, bool):
+            raise RequestError(
+                f"{owner}: token ids must be integers, got {t!r} ({type(t).__name__}) at prompt_ids[{index}]"
+            )
+        out.append(int(t))
+    return out

@@ -22,7 +22,7 @@ from ..model.tiny_lm import TinyLM
 from .batch_builder import RaggedBatch
 from .engine import StepRecord
 from .kv_cache import DenseKVCache
-from .request import SamplingParams
+from .request import SamplingParams, token_ids
 from .scheduler import ScheduledChunk, StepPlan
 
 
@@ -51,6 +51,7 @@ class StaticBatchingEngine:
         lengths = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(lengths) != n:
             raise RequestError(f"got {n} prompts but {len(lengths)} max_new_tokens")
+        prompts = [token_ids(p, f"prompt {i}") for i, p in enumerate(prompts)]
         for i, (p, m) in enumerate(zip(prompts, lengths)):
             if not p or m < 1:
                 raise RequestError(f"prompt {i} is empty or max_new_tokens={m} < 1")

@@ -5,10 +5,14 @@ engine's animated mask figure, a fragment, speaker notes, recap) is built into a
 temporary folder by scripts/build_slides.py, with its slide types filled in by
 scripts/slide_metadata.py's rules. Chromium opens it from ``file://`` with every other
 request refused: the test fails on any request at all, and on any console error.
+
+The temporary folder already holds a site index (``make site`` ran first), which the build
+must update to link the deck; a site index built after the decks links them too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -43,9 +47,27 @@ LESSON = [
 ]
 
 
+def build_site_module():
+    """scripts/build_site.py, loaded by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("build_site", REPO / "scripts" / "build_site.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def site_index(folder) -> str:
+    """What ``make site`` writes as index.html (no notebook pages: only the slides entry matters here)."""
+    site = build_site_module()
+    (folder / "index.html").write_text(site.index_page([]), encoding="utf-8")
+    site.publish_teaching(folder)
+    return (folder / "index.html").read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def deck(tmp_path_factory):
     work = tmp_path_factory.mktemp("slides")
+    before = site_index(work)  # make site, then make slides
+    assert 'id="slides"' in before and "make slides" in before and "99_small_deck" not in before
     cells = [
         nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
         for kind, src in LESSON
@@ -107,6 +129,27 @@ def test_deck_advances_and_its_figure_plays_offline(deck, chromium) -> None:
     assert "recap" in page.evaluate("Reveal.getCurrentSlide().innerText").lower()
 
     assert requested == [], f"the deck asked the network for {requested}"
+    real = [e for e in errors if not is_benign(e)]
+    assert real == [], f"browser console errors: {real}"
+    context.close()
+
+
+def test_site_index_links_the_decks_whichever_was_built_first(deck, chromium) -> None:
+    site = deck.parent
+    site_first = (site / "index.html").read_text(encoding="utf-8")  # the deck's build updated make site's index
+    slides_first = site_index(site)  # make slides, then make site
+    for page in (site_first, slides_first):
+        assert 'href="slides/index.html"' in page and 'href="slides/99_small_deck.html"' in page, page
+        assert page.count('id="slides"') == 1
+
+    context, page, requested, errors = offline_page(chromium, 1280, 900)
+    page.goto((site / "index.html").as_uri())
+    page.click("#slides a[href='slides/index.html']")
+    page.wait_for_url("**/slides/index.html")
+    page.click("a[href='99_small_deck.html']")
+    page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=60_000)
+    assert page.evaluate("Reveal.getTotalSlides()") >= 5
+    assert requested == [], f"the index or the deck asked the network for {requested}"
     real = [e for e in errors if not is_benign(e)]
     assert real == [], f"browser console errors: {real}"
     context.close()
