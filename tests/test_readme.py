@@ -68,6 +68,9 @@ def test_beyond_the_core_snippet_exercises_its_features(capsys) -> None:
     exec(compile(snippet, "README beyond the core", "exec"), namespace)
     engine, metrics = namespace["engine"], namespace["metrics"]
     assert [len(engine.output(rid)) for rid in engine.requests] == [8, 8]
+    # the second request reuses the shared prompt's two full blocks of 16 (and recomputes nothing else of it)
+    assert engine.stats.prefix_hit_tokens == 32
+    assert engine.records[1].plan.cached_tokens == {1: 32}
     printed = capsys.readouterr().out
     assert f"{len(engine.requests)} requests, {len(engine.records)} steps" in printed, printed
     assert "EngineStats:" in printed and "{" not in printed, f"the README prints raw dicts: {printed}"
