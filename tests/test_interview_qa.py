@@ -51,6 +51,7 @@ def code_cells_by_question(lang: str) -> dict[int, list[str]]:
 MOJIBAKE = {"â€”": "—", "â€“": "–", "â€™": "’", "â€˜": "‘", "â€œ": "“", "â€\x9d": "”", "â€¦": "…"}
 _ZH_UNCLOSED = re.compile(r"^(- \*\*问：)(?!\*\*)([^*\n]*?)(\s*)$", re.M)
 _ZH_CLOSED_EARLY = re.compile(r"^- \*\*问：\*\*([^*\n]*?)(\s*)$", re.M)
+_NO_BREAK = re.compile(r"^(- \*\*(?:Q:|问：).*\S)$", re.M)  # a question line without the two-space line break
 
 
 def clean_seed(text: str) -> str:
@@ -58,7 +59,8 @@ def clean_seed(text: str) -> str:
     for bad, good in MOJIBAKE.items():
         text = text.replace(bad, good)
     text = _ZH_CLOSED_EARLY.sub(lambda m: f"- **问：{m.group(1)}**{m.group(2)}", text)
-    return _ZH_UNCLOSED.sub(lambda m: f"{m.group(1)}{m.group(2)}**{m.group(3)}", text)
+    text = _ZH_UNCLOSED.sub(lambda m: f"{m.group(1)}{m.group(2)}**{m.group(3)}", text)
+    return _NO_BREAK.sub(r"\1  ", text)  # every question line ends in a line break, so its answer renders below it
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -76,7 +78,7 @@ def test_docs_render_cleanly(lang):
     for line in text.splitlines():
         if line.startswith(("- **Q:", "- **问：")):
             assert line.count("**") % 2 == 0, f"unclosed bold: {line!r}"
-    assert clean_seed("a â€” b\n- **问：好吗？\n- **问：**对吗？  \n") == "a — b\n- **问：好吗？**\n- **问：对吗？**  \n"
+    assert clean_seed("a â€” b\n- **问：好吗？\n- **问：**对吗？  \n") == "a — b\n- **问：好吗？**  \n- **问：对吗？**  \n"
 
 
 def test_both_languages_have_the_same_questions_and_sections():
