@@ -5,6 +5,7 @@
     python -m benchmarks.run            # full sizes (make bench)
     python -m benchmarks.run --quick    # tiny sizes, to keep the code working (CI)
     python -m benchmarks.run --only continuous_vs_static
+    python -m benchmarks.run --only swap  # swap vs recompute of a preempted request, by length
 
 Each module exposes ``run(quick: bool = False) -> dict`` with keys ``name``,
 ``metrics`` (flat numbers), ``figures`` (plotly figures) and ``table`` (row dicts).

@@ -99,6 +99,34 @@ def test_lora_batches_adapters_together(results):
     assert m["mixed_steps"] < m["separate_steps"]  # one engine's steps serve every adapter at once
 
 
+def test_swap_against_recompute_counts_the_work(results):
+    from benchmarks.common import model_config
+
+    m, c = results["swap"]["metrics"], model_config(quick=True)
+    assert m["outputs_identical_share"] == 1.0
+    assert m["kv_bytes_per_token"] == 2 * c.num_layers * c.kv_heads * c.head_dim * 4  # K and V, float32
+    # swap computes every token once; recompute computes the thrown-away K/V on top
+    assert m["run_swap_tokens_computed"] == m["run_tokens_needed"] and m["run_swap_recomputed_tokens"] == 0
+    assert m["run_recompute_tokens_computed"] == m["run_tokens_needed"] + m["run_recomputed_tokens"]
+    assert m["run_recomputed_tokens"] > 0 and m["run_swap_outs"] == m["run_swap_preemptions"] > 0
+    assert m["run_swapped_mib"] > 0
+    for length in (16, 64):
+        assert m[f"L{length}_ratio_min"] <= m[f"L{length}_recompute_over_swap"] <= m[f"L{length}_ratio_max"]
+    rows = [r for r in results["swap"]["table"] if isinstance(r["tokens"], int)]
+    assert [r["kv_bytes_out_and_back"] for r in rows] == [2 * r["tokens"] * m["kv_bytes_per_token"] for r in rows]
+
+
+def test_advanced_draft_cache_and_copy_on_write(results):
+    m = results["advanced"]["metrics"]
+    assert m["draft_guesses_identical_share"] == 1.0
+    assert m["draft_cached_tokens_per_step"] < m["draft_recompute_tokens_per_step"]  # no history is re-prefilled
+    assert m["cow_copies"] == m["cow_n"] - 1  # the prompt ends in a partly filled block: n - 1 copies
+    assert m["cow_group_prefill_tokens"] == m["cow_prompt_tokens"]  # the prompt is computed once ...
+    assert m["cow_separate_prefill_tokens"] == m["cow_n"] * m["cow_prompt_tokens"]  # ... not n times
+    assert m["cow_group_peak_blocks"] < m["cow_separate_peak_blocks"]
+    assert all(m[f"sampled_{t}_draft_tokens"] > 0 for t in ("greedy", "t05", "t10"))  # sampled requests speculate
+
+
 def test_ideal_bound_by_hand():
     # batches [5, 1] and [1, 1]: 5 + 1 static steps; 2 slots: 5 | 1+1+1, so 5 continuous steps
     assert static_steps([5, 1, 1, 1], 2) == 6
@@ -127,7 +155,7 @@ def test_percentile_matches_definition():
 
 def test_runner_discovers_and_survives_a_failing_benchmark(tmp_path, monkeypatch):
     core = {"continuous_vs_static", "huggingface", "overhead", "kv_memory", "scaling", "advanced", "plugins"}
-    core |= {"disaggregated", "lora"}
+    core |= {"disaggregated", "lora", "swap"}
     assert core <= set(runner.discover())
     broken = runner.run_one("no_such_benchmark", quick=True)
     assert broken["error"] and "ModuleNotFoundError" in broken["error"]

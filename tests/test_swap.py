@@ -143,6 +143,19 @@ def test_host_pool_round_trip_is_exact(model64):
         pool.swap_in(engine.kv, rid)
     with pytest.raises(KVCacheError, match="host pool has 4 free blocks, request 7 needs 5"):
         pool.swap_out(engine.kv, 7, 13)
+    pool.swap_out(engine.kv, rid, n)
+    table = pool.tables[rid]  # position i sits at offset i % 3 of host block table[i // 3]
+    for i in range(n):
+        assert torch.equal(pool.k[:, table[i // 3] * 3 + i % 3], engine.kv.k[:, engine.kv.slots([rid], torch.zeros(1, dtype=torch.long), torch.tensor([i]))[0]])
+    with pytest.raises(KVCacheError, match=f"request {rid} is already swapped out"):
+        pool.swap_out(engine.kv, rid, n)
+
+
+@pytest.mark.parametrize(("blocks", "block_size"), [(0, 4), (4, 0), (0, 0)])
+def test_a_host_pool_needs_blocks(blocks, block_size):
+    with pytest.raises(ConfigError, match=f"a host pool needs num_blocks and block_size >= 1, got {blocks} and {block_size}"):
+        HostKVPool(2, 2, 8, blocks, block_size)
+    assert HostKVPool(2, 2, 8, 1, 1).k.shape == (2, 1, 2, 8)  # one block of one token is a pool
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,15 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from cblab_teach import Engine, EngineConfig, ModelConfig, TinyLM
-from cblab_teach.viz import Playground, block_map_figure, budget_figure, budget_overview, timeline_figure
+from cblab_teach import Engine, EngineConfig, ModelConfig, SamplingParams, TinyLM
+from cblab_teach.viz import (
+    Playground,
+    block_map_figure,
+    budget_figure,
+    budget_overview,
+    compare_timelines,
+    timeline_figure,
+)
 from cblab_teach.viz.blocks import FREE
 from cblab_teach.viz.colors import lighten, request_color
 from cblab_teach.workloads import make_workload
@@ -36,6 +43,28 @@ def preempting(tiny):
     w = make_workload(8, (3, 20), (2, 12), vocab_size=64, seed=5)
     engine = run(tiny, w.prompts, w.max_new_tokens, num_blocks=12, preemption=True)
     assert engine.stats.preemptions >= 3, "the pool should be small enough to preempt"
+    return engine
+
+
+@pytest.fixture(scope="module")
+def swapping(tiny):
+    """preemption="swap" with a host pool of 3 blocks: some victims are swapped, the others recomputed."""
+    w = make_workload(8, (3, 20), (2, 12), vocab_size=64, seed=5)
+    engine = run(tiny, w.prompts, w.max_new_tokens, num_blocks=12, preemption="swap", num_host_blocks=3)
+    s = engine.stats
+    assert 0 < s.swap_outs < s.preemptions and s.recomputed_tokens > 0, "want swapped and recomputed victims"
+    return engine
+
+
+@pytest.fixture(scope="module")
+def forking(tiny):
+    """Parallel sampling: a group of 4 on a 10-token prompt (blocks of 4: the last one partly filled)."""
+    engine = Engine(tiny, EngineConfig(max_tokens_per_step=16, prefill_chunk_size=8, block_size=BLOCK_SIZE,
+                                       num_blocks=40))  # fmt: skip
+    engine.add_request(list(range(20, 26)), 5)  # a neighbour
+    engine.add_request_group(list(range(3, 13)), 4, max_new_tokens=6, sampling=SamplingParams(temperature=1.0, seed=3))
+    engine.run()
+    assert engine.stats.cow_copies == 3
     return engine
 
 
@@ -150,6 +179,70 @@ def test_no_preemption_no_marks(tiny):
     fig = timeline_figure(records)
     assert len(trace(fig, "preempted").x) == 0 and len(trace(fig, "recompute").x) == 0
     assert not trace(fig, "preempted").showlegend
+    for name in ("swap out", "swap in"):
+        assert len(trace(fig, name).x) == 0 and not trace(fig, name).showlegend
+
+
+def test_recompute_runs_draw_no_swaps(preempting):
+    fig = timeline_figure(preempting.records)
+    assert len(trace(fig, "swap out").x) == len(trace(fig, "swap in").x) == 0
+    assert not trace(fig, "swap out").showlegend
+
+
+def test_swapped_victims_are_drawn_apart_from_recomputed_ones(swapping):
+    records, stats = swapping.records, swapping.stats
+    fig = timeline_figure(records)
+    swapped = {(r.step, rid) for r in records for rid in r.swapped}
+    lost = {(step, rid): n for step, rid, n in lost_tokens(records)}
+    out, crosses = trace(fig, "swap out"), trace(fig, "preempted")
+    drawn_out = {(step, int(y[1:])): n for y, (step, n) in zip(out.y, out.customdata)}
+    drawn_cross = {(step, int(y[1:])): n for y, (step, n) in zip(crosses.y, crosses.customdata)}
+    assert set(drawn_out) == swapped and set(drawn_cross) == set(lost) - swapped  # every victim, drawn once
+    assert all(drawn_out[e] == lost[e] for e in drawn_out) and all(drawn_cross[e] == lost[e] for e in drawn_cross)
+    per_token = swapping.kv.bytes_per_slot
+    assert sum(drawn_out.values()) * per_token == stats.swapped_out_bytes  # the engine's own counts
+    assert sum(drawn_cross.values()) == stats.recomputed_tokens
+    assert out.marker.symbol != crosses.marker.symbol and out.marker.color != crosses.marker.color
+    assert out.showlegend and crosses.showlegend and "host pool" in out.hovertemplate
+    assert all(round(x) == step for x, (step, _) in zip(out.x, out.customdata))
+
+
+def test_swap_in_is_the_next_admission_and_resumes_without_recompute(swapping):
+    records = swapping.records
+    fig = timeline_figure(records)
+    back = trace(fig, "swap in")
+    drawn = [(step, int(y[1:]), n) for y, (step, n) in zip(back.y, back.customdata)]
+    expected, parked = [], {}
+    for r in records:  # reference: the admission after a swap-out copies back what the victim held
+        for rid in r.swapped:
+            parked[rid] = next(n for s, v, n in lost_tokens(records) if s == r.step and v == rid)
+        for rid in r.plan.admitted:
+            if rid in parked:
+                expected.append((r.step, rid, parked.pop(rid)))
+    assert drawn == expected and len(drawn) == swapping.stats.swap_outs and not parked
+    assert sum(n for *_, n in drawn) * swapping.kv.bytes_per_slot == swapping.stats.swapped_in_bytes
+    cells = timeline_cells(fig)
+    for step, rid, n in drawn:
+        chunk = next(c for c in records[step].plan.chunks if c.request_id == rid)
+        assert chunk.start == n, "a swapped request resumes at the tokens it had"
+        assert cells[(f"r{rid}", step)] != "recompute"
+    recomputed = {rid for r in records for rid in r.preempted if rid not in r.swapped}
+    only_swapped = {rid for _, rid, _ in drawn} - recomputed
+    assert only_swapped, "some request was only ever swapped"
+    assert all(cells[(f"r{rid}", s)] != "recompute" for rid in only_swapped for s in range(len(records))
+               if (f"r{rid}", s) in cells)  # fmt: skip
+
+
+def test_compare_timelines_names_the_two_runs(preempting, swapping):
+    fig = compare_timelines(preempting.records, swapping.records, names=("recompute", "swap"), title="two modes")
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [f"recompute: {len(preempting.records)} steps", f"swap: {len(swapping.records)} steps"]
+    assert fig.layout.title.text == "two modes"
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert len(legend) == len(set(legend)), "each legend entry once"
+    assert {"preempted", "recompute", "swap out", "swap in"} <= set(legend)
+    right = next(t for t in fig.data if t.xaxis == "x2" and t.name == "swap out")
+    assert len(right.x) == swapping.stats.swap_outs
 
 
 # -- shared blocks and the prefix cache -----------------------------------------------------------
@@ -187,6 +280,36 @@ def test_block_map_outlines_exactly_the_shared_blocks(sharing):
         if shared:
             assert f"{len(shared)} shared" in frame.layout.title.text
     assert seen_shared > 0, "the workload should share the system prompt's blocks"
+
+
+def test_block_map_marks_the_copies_made_on_write(forking):
+    records = forking.records
+    fig = block_map_figure(records, 40, BLOCK_SIZE)
+    width = math.ceil(math.sqrt(40))
+    copies = 0
+    for record, frame in zip(records, fig.frames):
+        pool_marks, table_marks = frame.data[4], frame.data[5]
+        expected = {new: (rid, old) for rid, pairs in record.copied_blocks.items() for old, new in pairs}
+        assert {int(y) * width + int(x) for x, y in zip(pool_marks.x, pool_marks.y)} == set(expected)
+        for x, y, text in zip(pool_marks.x, pool_marks.y, pool_marks.customdata):
+            rid, old = expected[int(y) * width + int(x)]
+            assert f"r{rid}'s copy of block {old}" in text
+        cells = {(f"r{rid}", record.block_tables[rid].index(new)) for new, (rid, _) in expected.items()}
+        assert set(zip(table_marks.y, table_marks.x)) == cells
+        owners = owners_of(record)
+        assert all(owners[new] == [rid] for new, (rid, _) in expected.items()), "a fresh copy has one owner"
+        assert ("copied on write" in frame.layout.title.text) == bool(expected)
+        copies += len(expected)
+    assert copies == forking.stats.cow_copies == 3
+
+
+def test_whole_block_prompts_copy_nothing(tiny):
+    engine = Engine(tiny, EngineConfig(max_tokens_per_step=16, block_size=BLOCK_SIZE, num_blocks=40))
+    engine.add_request_group(list(range(3, 11)), 3, max_new_tokens=4, sampling=SamplingParams(temperature=1.0))
+    engine.run()
+    fig = block_map_figure(engine.records, 40, BLOCK_SIZE)
+    assert engine.stats.cow_copies == 0 and any(r.forked for r in engine.records)
+    assert all(len(f.data[4].x) == len(f.data[5].x) == 0 for f in fig.frames)
 
 
 def test_block_map_hover_tells_prefix_cache_hits(sharing):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import plotly.graph_objects as go
 
-from .errors import NoRecordsError, StepOutOfRangeError
+from .errors import NoRecordsError, StepOutOfRangeError, VizError
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
@@ -86,28 +86,57 @@ def kept_end(record: StepRecord, chunk) -> int:
     return chunk.end
 
 
-def preemption_events(records: Sequence[StepRecord]) -> list[tuple[int, object, int]]:
+PREEMPTION_KINDS = ("recompute", "swap")
+
+
+def preemption_events(records: Sequence[StepRecord], kind: str | None = None) -> list[tuple[int, object, int]]:
     """``[(step index, request id, tokens of KV freed)]`` for every preemption in the run.
 
-    The tokens freed are what the request held after the step before: exactly what it must compute again.
+    The tokens freed are what the request held after the step before. A victim named in ``record.swapped``
+    (``preemption="swap"``) parked them in the host pool and gets them back; any other victim must compute
+    them again. ``kind="recompute"`` or ``kind="swap"`` keeps only those victims (None: all of them).
     """
+    if kind not in (None, *PREEMPTION_KINDS):
+        raise VizError(f"kind must be None or one of {PREEMPTION_KINDS}, got {kind!r}")
     lengths = kv_lengths(records)
     events = []
     for s, r in enumerate(records):
+        swapped = set(getattr(r, "swapped", ()))
         for rid in getattr(r.plan, "preempted", ()):
-            events.append((s, rid, lengths[s - 1].get(rid, 0) if s else 0))
+            if kind is None or (kind == "swap") == (rid in swapped):
+                events.append((s, rid, lengths[s - 1].get(rid, 0) if s else 0))
+    return events
+
+
+def swap_in_events(records: Sequence[StepRecord]) -> list[tuple[int, object, int]]:
+    """``[(step index, request id, tokens copied back)]``: the admission that follows each swap-out.
+
+    A swapped victim's K/V stays in the host pool until the request is admitted again; that admission
+    copies it back, so the request resumes with the tokens it had (no recompute).
+    """
+    out_at: dict[int, list] = {}
+    for s, rid, n in preemption_events(records, "swap"):
+        out_at.setdefault(s, []).append((rid, n))
+    parked: dict = {}
+    events = []
+    for s, r in enumerate(records):
+        parked.update(out_at.get(s, ()))  # the engine preempts before it admits, within a step
+        for rid in r.plan.admitted:
+            if rid in parked:
+                events.append((s, rid, parked.pop(rid)))
     return events
 
 
 def recompute_marks(records: Sequence[StepRecord]) -> list[dict]:
     """Per step, ``{request id: tokens of its prefill chunk that recompute KV lost to preemption}``.
 
-    After a preemption that freed ``N`` tokens, the positions ``[0, N)`` are recomputed; a later
-    prefill chunk ``[start, end)`` recomputes ``max(0, min(end, N) - start)`` of its tokens.
+    After a preemption that threw away ``N`` tokens, the positions ``[0, N)`` are recomputed; a later prefill
+    chunk ``[start, end)`` recomputes ``max(0, min(end, N) - start)`` of its tokens. A swapped victim lost
+    nothing: it resumes at the tokens it had, and gets no marks.
     """
     lost: dict = {}
     by_step: dict[int, list] = {}
-    for s, rid, n in preemption_events(records):
+    for s, rid, n in preemption_events(records, "recompute"):  # a swapped victim keeps its K/V
         by_step.setdefault(s, []).append((rid, n))
     out = []
     for s, r in enumerate(records):

@@ -12,6 +12,12 @@ reference, never copied). Such a block keeps the colour of its first owner and
 gets a black outline, in the pool and in every table that points at it; its
 hover lists all owners. A table row's hover also tells how many prompt tokens
 the request found in the prefix cache when it was admitted.
+
+Parallel sampling shares a prompt's blocks the same way, and a sequence about
+to write into a shared, partly filled block first copies it (copy-on-write,
+``record.copied_blocks``): at that step the new copy gets an orange outline, in
+the pool and in the table of the sequence that owns it; its hover names the
+block it was copied from.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from ..core.engine import StepRecord
 
 FREE = 0  # code of a free block; request k owns codes 1 + 2k (full) and 2 + 2k (partly filled)
+COPIED_COLOR = "#f07800"  # outline of a block copied on write at this step
 
 
 def infer_block_size(records: Sequence[StepRecord]) -> int:
@@ -82,7 +89,7 @@ class BlockView:
         self.lengths = kv_lengths(self.records)
         self.table_width = max((len(t) for r in self.records for t in r.block_tables.values()), default=1) or 1
         self.hits = prefix_hits(self.records)
-        self.trace_indices = [0, 1, 2, 3]
+        self.trace_indices = [0, 1, 2, 3, 4, 5]
 
     def base(self) -> go.Figure:
         colors = [FREE_COLOR]
@@ -115,6 +122,18 @@ class BlockView:
                     mode="markers",
                     showlegend=False,
                     marker={"symbol": "square-open", "size": 15, "color": "black", "line": {"width": 2.5}},
+                    hovertemplate="%{customdata}<extra></extra>",
+                ),
+                1,
+                col,
+            )
+        for col in (1, 2):
+            fig.add_trace(
+                go.Scatter(
+                    name="copied block" if col == 1 else "copied (table)",
+                    mode="markers",
+                    showlegend=False,
+                    marker={"symbol": "square-open", "size": 15, "color": COPIED_COLOR, "line": {"width": 2.5}},
                     hovertemplate="%{customdata}<extra></extra>",
                 ),
                 1,
@@ -179,6 +198,28 @@ class BlockView:
                     table["customdata"].append(f"r{rid}[{i}] -> " + self.owner_text(b, owners[b], step))
         return pool, table
 
+    def copied_markers(self, step: int) -> tuple[dict, dict]:
+        """Outlines over the blocks copied on write at this step (``record.copied_blocks``), where the
+        sequence that made the copy still holds it: pool cells and its table cells."""
+        record = self.records[step]
+        pool = {"x": [], "y": [], "customdata": []}
+        table = {"x": [], "y": [], "customdata": []}
+        for rid, pairs in getattr(record, "copied_blocks", {}).items():
+            blocks = record.block_tables.get(rid, [])
+            for old, new in pairs:
+                if new not in blocks:  # the sequence finished this very step: its blocks are free again
+                    continue
+                text = f"block {new}: r{rid}'s copy of block {old} (copy-on-write: r{rid} writes into it)"
+                if new < self.shown:
+                    pool["x"].append(new % self.width)
+                    pool["y"].append(new // self.width)
+                    pool["customdata"].append(text)
+                i = blocks.index(new)
+                table["x"].append(i)
+                table["y"].append(f"r{rid}")
+                table["customdata"].append(f"r{rid}[{i}] -> {text}")
+        return pool, table
+
     def table_codes(self, step: int) -> tuple[np.ndarray, list[str], list[list[str]], list[list[str]]]:
         record = self.records[step]
         rids = list(record.block_tables)
@@ -213,11 +254,16 @@ class BlockView:
         shared = sum(len(rids) > 1 for rids in block_owners(record).values())
         if shared:
             title += f"; {shared} shared (outlined)"
+        pool_copied, table_copied = self.copied_markers(step)
+        if table_copied["x"]:
+            title += f"; {len(table_copied['x'])} copied on write (orange)"
         return [
             {"z": pool, "text": pool_text, "customdata": pool_hover},
             {"z": tables, "y": labels, "text": text, "customdata": hover},
             pool_shared,
             table_shared,
+            pool_copied,
+            table_copied,
         ], {"title": {"text": title}}
 
 

@@ -10,6 +10,12 @@ With ``EngineConfig(preemption=True)`` a request can lose its KV: a red cross
 marks the step whose ``record.preempted`` names it, and the prefill that later
 computes those tokens again is drawn as ``recompute`` (cross-hatched), apart
 from first-time ``prefill``: that is the price of preemption, in steps.
+
+With ``preemption="swap"`` a victim named in ``record.swapped`` keeps its K/V in
+the host pool instead: a blue triangle pointing down marks the ``swap out``, one
+pointing up the ``swap in`` (the admission that copies it back), and the request
+resumes at the tokens it had, so it draws no ``recompute`` bar. A victim the host
+pool had no room for falls back to recompute and gets the red cross.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._common import check_records, label, preemption_events, recompute_marks, run_request_ids
+from ._common import check_records, label, preemption_events, recompute_marks, run_request_ids, swap_in_events
 from .colors import PADDING_COLOR, WAITING_COLOR, request_color
 from .errors import VizError
 
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 STATES = ("waiting", "prefill", "recompute", "decode", "idle", "padding")
 _PATTERN = {"waiting": "", "prefill": "/", "recompute": "x", "decode": "", "idle": ".", "padding": "x"}
 PREEMPTED_COLOR = "#d00000"
+SWAP_COLOR = "#1f5fbf"
 _PATTERN_INK = {"recompute": {"fgcolor": PREEMPTED_COLOR, "fgopacity": 0.9}}
 _HOVER_STATE = {"recompute": "recompute (prefill again: KV lost to preemption)"}
 
@@ -97,9 +104,10 @@ def _color(state: str, rid) -> str:
 
 
 def preemption_trace(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> go.Scatter:
-    """A red cross at each (request, step) where the request lost its KV and went back to waiting."""
+    """A red cross at each (request, step) where the request lost its KV and went back to waiting (a swapped
+    victim, which keeps its KV in the host pool, is drawn by :func:`swap_traces` instead)."""
     edges = step_edges(records, x)
-    events = preemption_events(records)
+    events = preemption_events(records, "recompute")
     return go.Scatter(
         name="preempted",
         legendgroup="preempted",
@@ -112,6 +120,34 @@ def preemption_trace(records: Sequence[StepRecord], showlegend: bool = True, x: 
         hovertemplate="%{y} preempted at step %{customdata[0]}: KV freed, will recompute %{customdata[1]} tokens"
         "<extra></extra>",
     )
+
+
+def swap_traces(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> list[go.Scatter]:
+    """``swap out``: a triangle pointing down where a victim's K/V went to the host pool (``record.swapped``);
+    ``swap in``: one pointing up where its admission copied it back. Empty traces (no legend) without swaps."""
+    edges = step_edges(records, x)
+    out, back = preemption_events(records, "swap"), swap_in_events(records)
+    traces = []
+    for name, events, symbol, verb in (
+        ("swap out", out, "triangle-down", "preempted at step %{customdata[0]}: %{customdata[1]} tokens of K/V "
+         "copied to the host pool (nothing to recompute)"),
+        ("swap in", back, "triangle-up", "admitted at step %{customdata[0]}: %{customdata[1]} tokens of K/V "
+         "copied back from the host pool"),
+    ):  # fmt: skip
+        traces.append(
+            go.Scatter(
+                name=name,
+                legendgroup=name,
+                showlegend=showlegend and bool(events),
+                mode="markers",
+                x=[(edges[s][0] + edges[s][1]) / 2 for s, _, _ in events],
+                y=[label(rid) for _, rid, _ in events],
+                customdata=[[records[s].step, n] for s, _, n in events],
+                marker={"symbol": symbol, "size": 12, "color": SWAP_COLOR, "line": {"width": 1.5, "color": "white"}},
+                hovertemplate=f"%{{y}} {verb}<extra></extra>",
+            )
+        )
+    return traces
 
 
 AXES = {"step": "step", "time": "milliseconds since the first step"}
@@ -143,7 +179,7 @@ def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: s
             go.Bar(
                 name=state,
                 legendgroup=state,
-                showlegend=showlegend and (bool(rows) or state != "recompute"),
+                showlegend=showlegend and bool(rows),  # only the states this run has
                 orientation="h",
                 y=[label(rid) for rid, _, _ in rows],
                 x=[edges[b + n - 1][1] - edges[b][0] for _, b, n in rows],
@@ -159,6 +195,7 @@ def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: s
             )
         )
     traces.append(preemption_trace(records, showlegend, x))
+    traces += swap_traces(records, showlegend, x)
     done = finish_steps(records)
     traces.append(
         go.Scatter(
@@ -180,6 +217,12 @@ def _request_order(records: Sequence[StepRecord]) -> list[str]:
     return [label(rid) for rid in run_request_ids(records)]
 
 
+def _height(fig: go.Figure, rows: int, least: int) -> int:
+    """Tall enough for one bar per request and for every legend entry (the legend would scroll otherwise)."""
+    entries = sum(1 for t in fig.data if t.showlegend)
+    return max(least, 22 * rows + least - 160, 29 * entries + 190)  # plotly's margins take 180 px
+
+
 def timeline_figure(records: Sequence[StepRecord], title: str = "", x: str = "step") -> go.Figure:
     """Gantt chart of every request of a run; ``x="time"`` spaces steps by their measured duration."""
     records = check_records(records)
@@ -194,15 +237,20 @@ def timeline_figure(records: Sequence[StepRecord], title: str = "", x: str = "st
             "categoryorder": "array",
             "categoryarray": _request_order(records),
         },
-        height=max(300, 22 * len(run_request_ids(records)) + 140),
     )
+    fig.update_layout(height=_height(fig, len(run_request_ids(records)), 300))
     return fig
 
 
 def compare_timelines(
-    continuous_records: Sequence[StepRecord], static_records: Sequence[StepRecord], x: str = "step"
+    continuous_records: Sequence[StepRecord],
+    static_records: Sequence[StepRecord],
+    x: str = "step",
+    names: tuple[str, str] = ("continuous batching", "static batching"),
+    title: str = "same workload, two schedulers",
 ) -> go.Figure:
-    """Continuous vs static batching on the same workload, side by side on one x-axis (steps or time)."""
+    """Two runs of the same workload side by side on one x-axis (steps or time): by default continuous vs
+    static batching; ``names`` labels the two panels for any other pair (recompute vs swap, say)."""
     cont, stat = check_records(continuous_records), check_records(static_records)
     order = _request_order(cont)
     order += [r for r in _request_order(stat) if r not in order]
@@ -211,14 +259,17 @@ def compare_timelines(
         cols=2,
         shared_yaxes=True,
         horizontal_spacing=0.04,
-        subplot_titles=(f"continuous batching: {len(cont)} steps", f"static batching: {len(stat)} steps"),
+        subplot_titles=(f"{names[0]}: {len(cont)} steps", f"{names[1]}: {len(stat)} steps"),
     )
-    for trace in timeline_traces(cont, x=x):
+    left = timeline_traces(cont, x=x)
+    for trace in left:
         fig.add_trace(trace, 1, 1)
-    for trace in timeline_traces(stat, showlegend=False, x=x):
+    shown = {t.name for t in left if t.showlegend}
+    for trace in timeline_traces(stat, x=x):  # a legend entry only the right panel needs is shown once
+        trace.showlegend = bool(trace.showlegend) and trace.name not in shown
         fig.add_trace(trace, 1, 2)
     last = max(step_edges(cont, x)[-1][1], step_edges(stat, x)[-1][1])
     fig.update_xaxes(title=AXES[x], range=[step_edges(cont, x)[0][0], last])
     fig.update_yaxes(autorange="reversed", type="category", categoryorder="array", categoryarray=order)
-    fig.update_layout(barmode="overlay", height=max(320, 22 * len(order) + 160), title="same workload, two schedulers")
+    fig.update_layout(barmode="overlay", height=_height(fig, len(order), 320), title=title)
     return fig
