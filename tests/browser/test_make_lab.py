@@ -85,6 +85,14 @@ def test_notebook_00_opens_steps_after_run_all_and_links_to_an_exercise(make_lab
         page.screenshot(path=str(ARTIFACTS / "make-lab-00-after-run-all.png"))
         # The first thing a learner tries after Run All: the button still steps (the check ran its own engine).
         widget = page.locator(".widget-vbox:has(button:has-text('run one step')):has(.js-plotly-plot)").last
+        # its legend shows every request, none scrolled out of the legend's box
+        legend = widget.locator(".legend").first
+        box = legend.locator("rect.bg").first.bounding_box()
+        entries = [e.bounding_box() for e in legend.locator("g.traces").all()]
+        assert len(entries) == 3, f"the legend lists {len(entries)} requests, not 3"
+        clipped = [e for e in entries if e is None or e["y"] < box["y"] - 1 or e["y"] + e["height"] > box["y"] + box["height"] + 1]
+        assert not clipped, f"legend entries outside the legend's box (clipped, scrolled): {clipped} vs {box}"
+        widget.screenshot(path=str(ARTIFACTS / "make-lab-00-step-widget.png"))
         before = plot_state(widget)
         button.click()
         wait_for_new_plot(widget, before)
