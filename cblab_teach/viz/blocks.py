@@ -115,30 +115,19 @@ class BlockView:
         )
         fig.add_trace(go.Heatmap(name="pool", hovertemplate="%{customdata}<extra></extra>", **common), 1, 1)
         fig.add_trace(go.Heatmap(name="tables", hovertemplate="%{customdata}<extra></extra>", **common), 1, 2)
-        for col in (1, 2):
-            fig.add_trace(
-                go.Scatter(
-                    name="shared block" if col == 1 else "shared (table)",
-                    mode="markers",
-                    showlegend=False,
-                    marker={"symbol": "square-open", "size": 15, "color": "black", "line": {"width": 2.5}},
-                    hovertemplate="%{customdata}<extra></extra>",
-                ),
-                1,
-                col,
-            )
-        for col in (1, 2):
-            fig.add_trace(
-                go.Scatter(
-                    name="copied block" if col == 1 else "copied (table)",
-                    mode="markers",
-                    showlegend=False,
-                    marker={"symbol": "square-open", "size": 15, "color": COPIED_COLOR, "line": {"width": 2.5}},
-                    hovertemplate="%{customdata}<extra></extra>",
-                ),
-                1,
-                col,
-            )
+        for what, color in (("shared", "black"), ("copied", COPIED_COLOR)):  # outlines: traces 2, 3 then 4, 5
+            for col, name in ((1, f"{what} block"), (2, f"{what} (table)")):
+                fig.add_trace(
+                    go.Scatter(
+                        name=name,
+                        mode="markers",
+                        showlegend=False,
+                        marker={"symbol": "square-open", "size": 15, "color": color, "line": {"width": 2.5}},
+                        hovertemplate="%{customdata}<extra></extra>",
+                    ),
+                    1,
+                    col,
+                )
         fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
         fig.update_yaxes(autorange="reversed", showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
         fig.update_xaxes(title="table index", showgrid=False, zeroline=False, dtick=1, row=1, col=2)
