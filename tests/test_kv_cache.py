@@ -91,3 +91,37 @@ def test_double_free_and_overflow_are_errors():
     dense.admit(0, 2)
     with pytest.raises(KVCacheError, match="reserved 2"):
         dense.ensure(0, 3)
+
+
+def test_fork_shares_every_block_and_splits_the_reservation():
+    kv = PagedAllocator(1, 1, 2, num_blocks=16, block_size=4)
+    kv.admit(0, 14, copies=3)  # a group of 3 sequences, each up to 14 tokens: 4 blocks each
+    assert kv.reserved_blocks[0] == 12
+    kv.ensure(0, 10)  # the prompt: 10 tokens in 3 blocks, the last one part-filled
+    kv.fork(0, 1, 14)
+    kv.fork(0, 2, 14)
+    assert kv.block_tables[1] == kv.block_tables[2] == kv.block_tables[0]
+    assert [kv.ref_counts[b] for b in kv.block_tables[0]] == [3, 3, 3]
+    assert kv.lengths[1] == kv.lengths[2] == 10
+    # each keeps its own worst case; a fork also one block to copy the shared, part-filled last block into
+    assert (kv.reserved_blocks[0], kv.reserved_blocks[1], kv.reserved_blocks[2]) == (4, 5, 5)
+    with pytest.raises(KVCacheError, match="request 1 already has KV"):
+        kv.fork(0, 1, 14)
+
+
+def test_blocks_needed_counts_the_copy_of_a_shared_block():
+    kv = PagedAllocator(1, 1, 2, num_blocks=16, block_size=4)
+    assert kv.blocks_needed(9, 5) == 2  # a request with no table yet
+    kv.admit(0, 16, reserve=False)
+    kv.ensure(0, 10)
+    assert kv.blocks_needed(0, 11) == 0  # position 10 fits its own third block
+    kv.fork(0, 1, 16, reserve=False)
+    assert kv.blocks_needed(0, 11) == 1 and kv.blocks_needed(1, 11) == 1  # shared: the writer copies it first
+    assert kv.blocks_needed(1, 13) == 2  # the copy, and a fourth block
+    kv.k.normal_()  # whatever the parent wrote: the copy must carry it
+    copied = kv.copy_on_write(1, 10, 11)
+    assert copied == [(kv.block_tables[0][2], kv.block_tables[1][2])] and kv.block_tables[1][2] != kv.block_tables[0][2]
+    assert kv.blocks_needed(0, 11) == 0  # the parent holds its block alone now
+    assert kv.blocks_needed(1, 11) == 0
+    assert torch.equal(kv.k[:, kv.block_tables[1][2] * 4 : kv.block_tables[1][2] * 4 + 4],
+                       kv.k[:, kv.block_tables[0][2] * 4 : kv.block_tables[0][2] * 4 + 4])  # fmt: skip

@@ -141,3 +141,60 @@ def test_bad_groups_are_refused_and_the_others_carry_on(model64, kwargs, error, 
     assert len(engine.requests) == 1
     engine.run()
     assert engine.output(keep) == greedy(model64, PROMPT, 5)
+
+
+def test_a_group_of_one_is_a_plain_request(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40))
+    [rid] = engine.add_request_group(PROMPT, 1, max_new_tokens=6, sampling=SAMPLING)
+    run_checked(engine)
+    assert engine.output(rid) == alone(model64, PROMPT, 1, 6)[0] and engine.stats.cow_copies == 0
+
+
+def test_a_group_as_large_as_the_budget_runs(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=60, max_tokens_per_step=4, prefill_chunk_size=4))
+    ids = engine.add_request_group(PROMPT, 4, max_new_tokens=3, sampling=SAMPLING)
+    run_checked(engine)
+    assert [engine.output(i) for i in ids] == alone(model64, PROMPT, 4, 3)
+
+
+def test_forks_that_finish_at_their_first_token_free_everything(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40))
+    ids = engine.add_request_group(PROMPT, 3, max_new_tokens=1, sampling=SAMPLING)
+    record = engine.step()
+    assert sorted(record.finished) == ids and not engine.has_unfinished()
+    assert engine.kv.num_free_blocks == 40 and not engine.kv.block_tables
+    assert [engine.output(i) for i in ids] == alone(model64, PROMPT, 3, 1)
+    times = [engine.request(i).token_times for i in ids]
+    assert all(len(t) == 1 for t in times) and len({t[0] for t in times}) == 1  # one sample, one time, for all
+
+
+def test_a_group_keeps_its_priority_and_end_token(model64):
+    first_tokens = [out[0] for out in alone(model64, PROMPT, 3, 4)]
+    eos = first_tokens[1]  # the second sequence's first token ends it at once
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40, policy="priority"))
+    ids = engine.add_request_group(PROMPT, 3, max_new_tokens=4, sampling=SAMPLING, priority=3, eos_token_id=eos)
+    assert {engine.request(i).priority for i in ids} == {3}
+    engine.run()
+    assert engine.output(ids[1]) == [eos]
+    assert all(engine.output(i)[-1] == eos or len(engine.output(i)) == 4 for i in ids)
+
+
+def test_the_group_reservation_is_the_exact_worst_case(model64):
+    """10 + 8 - 1 = 17 tokens: 5 blocks of 4 per sequence, 20 for four; 19 cannot hold the group."""
+    with pytest.raises(CapacityError, match=r"a group of 4 needs up to 20 KV blocks reserved but the whole pool has 19"):
+        Engine(model64, EngineConfig(block_size=4, num_blocks=19)).add_request_group(PROMPT, 4, max_new_tokens=8)
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=20))
+    ids = engine.add_request_group(PROMPT, 4, max_new_tokens=8, sampling=SAMPLING)
+    run_checked(engine)
+    assert [engine.output(i) for i in ids] == alone(model64, PROMPT, 4, 8)
+
+
+def test_preemption_mode_forks_promise_nothing(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40, preemption=True))
+    ids = engine.add_request_group(PROMPT, 3, max_new_tokens=5, sampling=SAMPLING)
+    engine.step()
+    assert [engine.kv.reserved_blocks[i] for i in ids] == [0, 0, 0]  # optimistic: blocks are taken as needed
+    engine2 = Engine(model64, EngineConfig(block_size=4, num_blocks=40))
+    ids2 = engine2.add_request_group(PROMPT, 3, max_new_tokens=5, sampling=SAMPLING)
+    engine2.step()
+    assert [engine2.kv.reserved_blocks[i] for i in ids2] == [4, 5, 5]  # 14 tokens: 4 blocks, +1 for each fork's copy

@@ -260,11 +260,7 @@ class Engine:
             )
         base = sampling or SamplingParams()
         params = [replace(base, seed=base.seed + i) for i in range(n)]
-        first = self._next_id
-        taken = [first + i for i in range(n) if first + i in self.requests]
-        if taken:
-            raise DuplicateRequestError(f"add_request_group: request ids {taken} are already in use")
-        prompt = self._validate(prompt_ids, max_new_tokens, first, base, priority)
+        prompt = self._validate(prompt_ids, max_new_tokens, self._next_id, base, priority)
         paged = isinstance(self.kv, PagedAllocator)
         if paged and not self.config.preemption:
             need = self.kv.blocks_for(len(prompt) + max_new_tokens - 1) * n
@@ -272,7 +268,7 @@ class Engine:
                 raise CapacityError(
                     f"a group of {n} needs up to {need} KV blocks reserved but the whole pool has {self.kv.num_blocks}"
                 )
-        ids = [self.add_request(prompt, max_new_tokens, first + i, p, priority, eos_token_id) for i, p in enumerate(params)]
+        ids = [self.add_request(prompt, max_new_tokens, None, p, priority, eos_token_id) for p in params]
         if paged:
             parent = self.requests[ids[0]]
             parent.group_size, parent.forks = n, ids[1:]

@@ -91,7 +91,7 @@ def rejection_sample(
         residual = (pi - qi).clamp(min=0)
         if residual.sum() <= 0:  # p == q up to rounding: this rejection had probability 0
             residual = pi
-        out.append(int(torch.multinomial(residual / residual.sum(), 1, generator=generator)))
+        out.append(int(torch.multinomial(residual, 1, generator=generator)))  # weights: normalised by multinomial
         return out
     out.append(int(torch.multinomial(p[len(drafts)].double(), 1, generator=generator)))
     return out
