@@ -103,3 +103,20 @@ def test_every_shell_line_is_run_or_skipped_for_a_reason() -> None:
     skipped = [c for c in commands if any(re.search(p, c) for p in NOT_RUN)]
     assert set(commands) - set(skipped), "nothing left to run"
     assert all(c.startswith(("make", "python3 -m venv", "conda")) for c in skipped), skipped
+
+
+def test_serving_snippet_shares_the_prompt_and_copies_on_write() -> None:
+    """The serving snippet: 4 samples, 3 copies of the part-filled block, each sample equal to its request alone."""
+    import dataclasses
+
+    from cblab_teach import Engine, EngineConfig
+
+    snippet = next(s for s in python_snippets() if "add_request_group" in s)
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(snippet, "README serving", "exec"), namespace)
+    engine, ids, model = namespace["engine"], namespace["ids"], namespace["model"]
+    assert engine.stats.cow_copies == 3 and len(ids) == 4
+    sampling = engine.request(ids[0]).sampling
+    for i, rid in enumerate(ids):
+        own = dataclasses.replace(sampling, seed=sampling.seed + i)
+        assert engine.output(rid) == Engine(model, EngineConfig()).generate([[5, 6, 7, 8, 9, 10]], 8, [own])[0]
