@@ -31,6 +31,14 @@ def test_records_show_one_padded_prefill_then_decode_until_the_longest_finishes(
         assert record.extra == {"padding_tokens": 3 - len(active), "useful_tokens": len(active)}
     assert decodes[0].finished == [0] and decodes[-1].finished == [1] and decodes[-1].running == []
     assert [r.step for r in engine.records] == list(range(len(engine.records)))
+    assert prefill.plan.budget == 3 * 5 and all(r.plan.budget == 3 for r in decodes)  # rows x padded width
+    for record in engine.records:
+        assert all(c.samples for c in record.plan.chunks)  # every row samples at every step
+        assert record.waiting == [] and record.block_tables == {}  # dense, and nobody waits inside a batch
+        assert record.kv.total_slots == 3 * (5 + 4) and record.kv.used_slots > 0
+        assert 0 <= record.forward_s <= record.duration_s < 60
+    starts = [r.start_time for r in engine.records]
+    assert starts == sorted(starts) and starts[0] >= engine.arrival_time
 
 
 def test_batches_run_one_after_another_with_ids_in_arrival_order(model64):
