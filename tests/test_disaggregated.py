@@ -223,3 +223,25 @@ def test_import_without_room_is_a_typed_error_and_the_request_can_wait(model64):
     server.decode.run()
     assert server.decode.output(a) == run_alone(model64, [1, 2, 3, 4, 5, 6], 6)
     assert server.decode.output(b) == run_alone(model64, [6, 5, 4], 5)
+
+
+@pytest.mark.parametrize("preemption", [False, True])
+def test_an_imported_request_keeps_what_it_was_and_joins_the_queue_order(model64, preemption):
+    source = Engine(model64, EngineConfig(block_size=4))
+    rid = source.add_request([3, 1, 4, 1, 5], 6, request_id=7, priority=2, eos_token_id=96)
+    source.step()
+    handoff = source.export_prefilled(rid)
+    target = Engine(model64, EngineConfig(block_size=4, num_blocks=16, preemption=preemption))
+    earlier = target.add_request([9, 9], 3)
+    target.step()
+    assert target.import_prefilled(handoff) == 7
+    req = target.request(7)
+    assert (req.priority, req.eos_token_id, req.state.value) == (2, 96, "decode")
+    assert req.arrival == 1 and target._arrivals == 2  # after the request already there, before any new one
+    assert req.arrival_time == handoff.arrival_time and req.arrival_step == 1
+    assert req.num_computed == 5 and req.output_ids == handoff.output_ids
+    assert target.kv.reserved_blocks[7] == (0 if preemption else math.ceil((5 + 6 - 1) / 4))
+    assert target.add_request([2, 2], 2) == 8  # new ids start past the imported one
+    target.run()
+    assert target.output(7) == run_alone(model64, [3, 1, 4, 1, 5], 6, eos_token_id=96)  # its own end token
+    assert target.output(earlier) == run_alone(model64, [9, 9], 3)

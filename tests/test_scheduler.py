@@ -115,3 +115,27 @@ def test_bad_scheduler_settings_are_rejected(kwargs):
     args = dict(max_tokens_per_step=4, prefill_chunk_size=2) | kwargs
     with pytest.raises(ConfigError, match=str(list(kwargs.values())[0])):
         Scheduler(**args)
+
+
+def test_check_plan_rejects_the_plans_a_broken_scheduler_makes():
+    """check_plan guards the notebooks and the tests: each broken plan fails with its own message."""
+    from cblab_teach.core.scheduler import ScheduledChunk, StepPlan
+
+    prefill = Request(9, list(range(10)), 5, arrival=0)
+    prefill.num_computed = 2
+    reqs = {9: prefill, 1: decoding(1, 1), 2: decoding(2, 2)}
+    good = [ScheduledChunk(1, 2, 1, "decode", True), ScheduledChunk(9, 2, 2, "prefill", False)]
+    check_plan(StepPlan(budget=3, chunks=list(good)), reqs)
+    broken = {
+        r"plan uses 3 > budget 2": StepPlan(budget=2, chunks=list(good)),
+        r"request 1 scheduled twice": StepPlan(budget=9, chunks=[good[0], ScheduledChunk(1, 3, 1, "decode", True)]),
+        r"decode must come before prefill": StepPlan(budget=9, chunks=[good[1], good[0]]),
+        r"request 9 starts wrong": StepPlan(budget=9, chunks=[ScheduledChunk(9, 0, 2, "prefill", False)]),
+        r"request 9 computes tokens it does not have": StepPlan(
+            budget=20, chunks=[ScheduledChunk(9, 2, 9, "prefill", True)]),
+    }
+    for message, plan in broken.items():
+        with pytest.raises(AssertionError, match=message):
+            check_plan(plan, reqs)
+    cached = StepPlan(budget=9, chunks=[ScheduledChunk(9, 4, 2, "prefill", False)], cached_tokens={9: 4})
+    check_plan(cached, reqs)  # an admitted request starts after its cached prefix
