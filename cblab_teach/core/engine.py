@@ -497,6 +497,10 @@ class Engine:
         greedy = logits.argmax(dim=-1).tolist()
         out: dict[int, list[int]] = {}
         row = 0
+
+        def draw(r: Request) -> int:  # the next token of ``r`` from this row: argmax, or sampled at its position
+            return greedy[row] if r.sampling.greedy else sample_token(logits[row], r, r.num_tokens)
+
         for c in plan.chunks:
             if not c.num_logits:
                 continue
@@ -510,13 +514,10 @@ class Engine:
                 )
                 self.stats.draft_tokens += len(c.drafts)
                 self.stats.accepted_tokens += len(out[c.request_id]) - 1
-            elif req.sampling.greedy:
-                out[c.request_id] = [greedy[row]]
             else:
-                out[c.request_id] = [sample_token(logits[row], req, req.num_tokens)]
+                out[c.request_id] = [draw(req)]
             for fid in req.forks:  # parallel sampling: each fork draws its first token from the same row
-                fork = self.requests[fid]
-                out[fid] = [greedy[row] if fork.sampling.greedy else sample_token(logits[row], fork, fork.num_tokens)]
+                out[fid] = [draw(self.requests[fid])]
             row += c.num_logits
         return out
 

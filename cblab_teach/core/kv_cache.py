@@ -153,13 +153,15 @@ class KVCache(ABC):
         shape = (*slots.shape, *self.k.shape[2:])
         return self.k[layer].index_select(0, flat).view(shape), self.v[layer].index_select(0, flat).view(shape)
 
+    def request_slots(self, request_id: int, start: int, end: int) -> torch.Tensor:
+        """Slots of one request's positions ``[start, end)``: what a copy in or out of its K/V indexes."""
+        pos = torch.arange(start, end, device=self.k.device)
+        return self.slots([request_id], torch.zeros_like(pos), pos)
+
     def gather(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A request's K/V ``[length, heads, dim]`` as one contiguous tensor."""
         self.require([request_id])
-        n = self.lengths[request_id]
-        pos = torch.arange(n, device=self.k.device)
-        slots = self.slots([request_id], torch.zeros_like(pos), pos)
-        return self.read(layer, slots)
+        return self.read(layer, self.request_slots(request_id, 0, self.lengths[request_id]))
 
 
 class DenseKVCache(KVCache):

@@ -76,8 +76,7 @@ def read_blocks(kv: KVCache, request_id: int, num_tokens: int, block_size: int) 
     layers = kv.k.shape[0]
     blocks = []
     for start in range(0, num_tokens, block_size):
-        pos = torch.arange(start, min(num_tokens, start + block_size), device=kv.k.device)
-        slots = kv.slots([request_id], torch.zeros_like(pos), pos)
+        slots = kv.request_slots(request_id, start, min(num_tokens, start + block_size))
         pairs = [kv.read(layer, slots) for layer in range(layers)]
         k = torch.stack([p[0] for p in pairs]).clone()
         v = torch.stack([p[1] for p in pairs]).clone()
@@ -90,8 +89,7 @@ def write_blocks(kv: KVCache, request_id: int, blocks: Sequence[KVBlock]) -> Non
     for block in blocks:
         end = block.start + block.num_tokens
         kv.ensure(request_id, end)
-        pos = torch.arange(block.start, end, device=kv.k.device)
-        slots = kv.slots([request_id], torch.zeros_like(pos), pos)
+        slots = kv.request_slots(request_id, block.start, end)
         for layer in range(block.k.shape[0]):
             kv.k[layer, slots] = block.k[layer].to(kv.k.device)
             kv.v[layer, slots] = block.v[layer].to(kv.v.device)

@@ -75,8 +75,7 @@ class HostKVPool:
             )
         self.tables[request_id] = [self.free_blocks.pop() for _ in range(self.blocks_for(num_tokens))]
         self.lengths[request_id] = num_tokens
-        pos = torch.arange(num_tokens, device=kv.k.device)
-        device_slots = kv.slots([request_id], torch.zeros_like(pos), pos)
+        device_slots = kv.request_slots(request_id, 0, num_tokens)
         host_slots = self._host_slots(request_id, num_tokens)
         k, v = kv.k.index_select(1, device_slots), kv.v.index_select(1, device_slots)  # every layer at once
         self.k[:, host_slots] = k.to("cpu")
@@ -89,8 +88,7 @@ class HostKVPool:
             raise KVCacheError(f"request {request_id} is not swapped out")
         n = self.lengths[request_id]
         kv.ensure(request_id, n)
-        pos = torch.arange(n, device=kv.k.device)
-        device_slots = kv.slots([request_id], torch.zeros_like(pos), pos)
+        device_slots = kv.request_slots(request_id, 0, n)
         host_slots = self._host_slots(request_id, n)
         k, v = self.k[:, host_slots], self.v[:, host_slots]
         kv.k[:, device_slots] = k.to(kv.k.device)
