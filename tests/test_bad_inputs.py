@@ -181,6 +181,11 @@ def add(**kwargs) -> Callable[[Ctx], int]:
     return lambda ctx: ctx.engine.add_request(**args)
 
 
+def group(**kwargs) -> Callable[[Ctx], list[int]]:
+    args = dict(prompt_ids=[4, 5], n=2, max_new_tokens=3, sampling=SamplingParams(temperature=1.0)) | kwargs
+    return lambda ctx: ctx.engine.add_request_group(**args)
+
+
 def paged(num_blocks: int = 2, block_size: int = 4) -> PagedAllocator:
     return PagedAllocator(1, 1, 2, num_blocks, block_size)
 
@@ -222,6 +227,16 @@ class TrimmingCache(ForgetfulCache):
         return k, v
 
 
+class KeyTrimmingCache(ForgetfulCache):
+    """Changes the keys' shape only: the check must look at each of the two."""
+
+    def before_append(self, layer, k, v, batch):
+        if not self.fired:
+            self.fired = True
+            return k[1:], v
+        return k, v
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 ROWS = [
@@ -248,6 +263,8 @@ ROWS = [
         r"EngineConfig\.enable_prefix_caching must be one of \(False, True\), got 1$"),
     Row("engine: draft model is not a model", lambda c: Engine(c.model, EngineConfig(speculative="draft"),
         draft_model="tiny"), ConfigError, r"draft_model must be a TinyLM, got 'tiny'"),
+    Row("engine: eos id is a bool", lambda c: EngineConfig(eos_token_id=True), ConfigError,
+        r"EngineConfig.eos_token_id must be None or a token id >= 0, got True"),
     Row("engine: negative eos id", lambda c: EngineConfig(eos_token_id=-1), ConfigError,
         r"eos_token_id must be None or a token id >= 0, got -1"),
     Row("engine: draft without a draft model", lambda c: Engine(c.model, EngineConfig(speculative="draft")),
@@ -319,6 +336,14 @@ ROWS = [
         r"invalid sampling parameters \{'temperature': 1\.0\}"),
     Row("request: priority is a string", add(priority="high"), RequestError,
         r"priority must be an int \(smaller runs first\), got 'high'"),
+    Row("request: top_p above 1", add(sampling=SamplingParams(temperature=1.0, top_p=1.5)), RequestError,
+        r"invalid sampling parameters .*top_p=1\.5"),
+    Row("request: bool temperature", add(sampling=SamplingParams(temperature=True)), RequestError,
+        r"invalid sampling parameters .*temperature=True"),
+    Row("group: sampling is a dict", group(sampling={"temperature": 1.0}), RequestError,
+        r"invalid sampling parameters \{'temperature': 1\.0\}"),
+    Row("group: priority is a string", group(priority="high"), RequestError,
+        r"priority must be an int \(smaller runs first\), got 'high'"),
     Row("request: unknown id", lambda c: c.engine.output(42), UnknownRequestError, r"unknown request id 42"),
     Row("generate: lengths do not match", lambda c: c.engine.generate([[1], [2]], [3]), RequestError,
         r"got 2 prompts but 1 max_new_tokens"),
@@ -363,9 +388,12 @@ ROWS = [
     Row("plugin raises in after_append", serve_with(lambda: ExplodingCache("after_append")), PluginError,
         r"plugin ExplodingCache\.after_append\(\) raised RuntimeError: boom"),
     Row("plugin: before_append returns None", serve_with(lambda: ForgetfulCache()), PluginError,
-        r"plugin ForgetfulCache\.before_append\(\) must return the \(k, v\) to store, got None"),
+        r"plugin ForgetfulCache\.before_append\(\) must return the \(k, v\) to store, got None "
+        r"\(an observer returns them unchanged: return k, v\)"),
     Row("plugin: before_append drops a token", serve_with(lambda: TrimmingCache()), PluginError,
         r"plugin TrimmingCache\.before_append\(\) changed the K/V shapes"),
+    Row("plugin: before_append drops a key only", serve_with(lambda: KeyTrimmingCache()), PluginError,  # (n, h, d) twice, to (fewer, h, d), (n, h, d)
+        r"changed the K/V shapes \((\d+), (\d+), (\d+)\), \(\1, \2, \3\) to \((?!\1,)\d+, \2, \3\), \(\1, \2, \3\)$"),
     Row("add_plugin: not a plugin", lambda c: c.engine.add_plugin(object()), PluginError,
         r"<object object at .*> is not a SchedulerPlugin, AttentionPlugin or CachePlugin"),
     Row("add_plugin: the class, not an instance", lambda c: c.engine.add_plugin(SchedulerPlugin), PluginError,

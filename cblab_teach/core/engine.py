@@ -259,8 +259,8 @@ class Engine:
                 f"max_tokens_per_step) = {most}"
             )
         base = sampling or SamplingParams()
+        prompt = self._validate(prompt_ids, max_new_tokens, self._next_id, base, priority)  # before using base
         params = [replace(base, seed=base.seed + i) for i in range(n)]
-        prompt = self._validate(prompt_ids, max_new_tokens, self._next_id, base, priority)
         paged = isinstance(self.kv, PagedAllocator)
         if paged and not self.config.preemption:
             need = self.kv.blocks_for(len(prompt) + max_new_tokens - 1) * n
