@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +38,14 @@ def model64() -> TinyLM:
 @pytest.fixture(scope="session")
 def workload():
     return make_workload(7, (1, 19), (1, 9), vocab_size=97, seed=3)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``make mutants`` only: run a mutant's tests fastest first (mutmut's recorded durations), so the
+    ``-x`` run stops at the first cheap test that catches it instead of after the slow ones."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    stats = Path("mutmut-stats.json")  # mutmut runs the tests from inside mutants/
+    if "__mutmut_" not in mutant or not stats.exists():
+        return
+    seconds = json.loads(stats.read_text())["duration_by_test"]
+    items.sort(key=lambda item: seconds.get(item.nodeid, float("inf")))

@@ -245,3 +245,55 @@ def test_an_imported_request_keeps_what_it_was_and_joins_the_queue_order(model64
     target.run()
     assert target.output(7) == run_alone(model64, [3, 1, 4, 1, 5], 6, eos_token_id=96)  # its own end token
     assert target.output(earlier) == run_alone(model64, [9, 9], 3)
+
+
+def _shifted(h):
+    b = h.blocks[0]
+    h.blocks[0] = KVBlock(b.start + 1, b.k, b.v)  # shapes right, position wrong
+
+
+def _v_lost_a_layer(h):
+    b = h.blocks[0]
+    h.blocks[0] = KVBlock(b.start, b.k, b.v[:1])
+
+
+def _one_token_short(h):
+    b = h.blocks[-1]
+    h.blocks[-1] = KVBlock(b.start, b.k[:, :-1], b.v[:, :-1])
+
+
+MALFORMED = [
+    ("a block at the wrong position", _shifted, KVCacheError, r"KV block at position 1 has shape \(2, 4, 2, 8\)"),
+    ("only V lost a layer", _v_lost_a_layer, KVCacheError, r"KV block at position 0 has shape \(2, 4, 2, 8\)"),
+    ("K/V one token short", _one_token_short, KVCacheError, r"got K/V for 5 tokens and 1 sampled tokens"),
+    ("sampling is a dict", lambda h: setattr(h, "sampling", {"temperature": 1.0}), RequestError,
+     r"invalid sampling parameters \{'temperature': 1\.0\}"),
+    ("priority is a string", lambda h: setattr(h, "priority", "high"), RequestError, r"priority must be an int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage,error,message", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_each_kind_of_malformed_hand_over_is_refused(model64, damage, error, message):
+    source = Engine(model64, EngineConfig(block_size=4))
+    rid = source.add_request([3, 1, 4, 1, 5, 9], 4)
+    source.step()
+    handoff = source.export_prefilled(rid)
+    damage(handoff)
+    target = Engine(model64, EngineConfig(block_size=4, num_blocks=8))
+    with pytest.raises(error, match=message):
+        target.import_prefilled(handoff)
+    assert not target.requests and not target.kv.lengths
+
+
+@pytest.mark.parametrize("preemption", [False, True])
+def test_can_import_asks_for_exactly_what_admission_needs(model64, preemption):
+    """Without preemption a hand-over needs its worst case, prompt + max_new_tokens - 1 slots (here 9: three
+    blocks of 4); with preemption only the K/V that arrives plus the next token's slot (7 + 1: two blocks)."""
+    source = Engine(model64, EngineConfig(block_size=4))
+    rid = source.add_request([3, 1, 4, 1, 5, 9, 2], 3)
+    source.step()
+    handoff = source.export_prefilled(rid)
+    assert handoff.num_tokens == 7
+    for blocks in (2, 3):
+        target = Engine(model64, EngineConfig(block_size=4, num_blocks=blocks, preemption=preemption))
+        assert target.can_import(handoff) == (preemption or blocks == 3), blocks

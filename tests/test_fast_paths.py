@@ -22,10 +22,16 @@ from cblab_teach.attention.fast import pool_attention, pool_layout
 from cblab_teach.attention.ragged import segment_layout
 from cblab_teach.core.kv_cache import DenseKVCache, PagedAllocator
 from cblab_teach.core.scheduler import ScheduledChunk, StepPlan
-from cblab_teach.core.speculative import PromptLookupProposer, lookup_by_scan, propose_by_recompute
+from cblab_teach.core.speculative import (
+    DraftModelProposer,
+    PromptLookupProposer,
+    lookup_by_scan,
+    propose_by_recompute,
+)
 from cblab_teach.model.tiny_lm import StepContext
 from cblab_teach.monitoring.step_profile import (
     CATEGORIES,
+    _dense_layers,
     fused_matmul_s,
     fused_weights,
     matmul_limit_s,
@@ -241,6 +247,21 @@ def test_fused_weights_compute_the_same_projections(model64):
     assert fused_matmul_s(model64, [(7, 2)], repeats=1) > 0
 
 
+def test_the_math_timed_for_compiling_is_the_models_own(model64):
+    """``compiled_layers_s`` times :func:`_dense_layers`; its first layer's k and v are what a prefill of the
+    same tokens writes to the cache (later layers see a stand-in for attention, so only layer 0 can match)."""
+    prompt = [5, 17, 3, 44, 9, 60]
+    engine = Engine(model64, EngineConfig(max_tokens_per_step=16, prefill_chunk_size=16))
+    rid = engine.add_request(prompt, 3)
+    engine.step()  # the prefill; the request is still running, its K/V still cached
+    pos = torch.arange(len(prompt))
+    got = _dense_layers(model64, model64.embed_tokens(torch.tensor(prompt)), *model64.rotary.cos_sin(pos, torch.float64))
+    k, v = engine.kv.read(0, engine.kv.request_slots(rid, 0, len(prompt)))
+    assert len(got) == 1 + 2 * model64.config.num_layers
+    torch.testing.assert_close(got[1], k, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[2], v.reshape(len(prompt), -1), rtol=0, atol=1e-12)
+
+
 def test_ngram_index_equals_the_scan_as_histories_grow():
     rng = random.Random(5)
     proposer = PromptLookupProposer(2)
@@ -254,6 +275,13 @@ def test_ngram_index_equals_the_scan_as_histories_grow():
             r.output_ids.extend(rng.randrange(4) for _ in range(rng.randint(1, 3)))
     proposer.propose(reqs[:1], [1])
     assert set(proposer.index) == {0}  # requests no longer asked about are forgotten
+
+
+def test_a_history_too_short_to_look_up_does_not_stop_the_others():
+    proposer = PromptLookupProposer(2)
+    short, long = Request(0, [7, 8], 9), Request(1, [1, 2, 3, 1, 2], 9)
+    assert proposer.propose([short, long], [3, 3]) == {1: [3, 1, 2]}
+    assert proposer.propose([long, short], [0, 3]) == {}  # no guesses asked of it
 
 
 def test_draft_proposer_with_its_own_cache_equals_recomputing_every_history(model64, work_draft):
@@ -281,6 +309,18 @@ def test_draft_proposer_with_its_own_cache_equals_recomputing_every_history(mode
     engine.run()
     assert engine.stats.draft_tokens > 0
     assert kept.computed_tokens < sum(seen)  # it did not recompute the histories
+
+
+def test_the_draft_proposer_computes_each_history_once_then_one_token_per_guess():
+    draft = TinyLM(ModelConfig(vocab_size=97, hidden_size=16, num_heads=2, intermediate_size=32, num_layers=1), seed=4)
+    proposer = DraftModelProposer(draft, block_size=4)
+    assert (proposer.computed_tokens, proposer.most) == (0, 0)
+    req = Request(0, [1, 2, 3, 4, 5], 9)
+    guesses = proposer.propose([req], [3])[0]
+    assert len(guesses) == 3 and (proposer.computed_tokens, proposer.most) == (5 + 1 + 1, 3)
+    req.output_ids.append(guesses[0])  # the first guess kept, the other two rejected
+    proposer.propose([req], [2])
+    assert proposer.computed_tokens == 7 + 1 + 1  # the history is stored up to the kept guess: one new token
 
 
 @pytest.fixture

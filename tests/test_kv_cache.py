@@ -125,3 +125,26 @@ def test_blocks_needed_counts_the_copy_of_a_shared_block():
     assert kv.blocks_needed(1, 11) == 0
     assert torch.equal(kv.k[:, kv.block_tables[1][2] * 4 : kv.block_tables[1][2] * 4 + 4],
                        kv.k[:, kv.block_tables[0][2] * 4 : kv.block_tables[0][2] * 4 + 4])  # fmt: skip
+
+
+def test_used_slots_count_a_shared_block_once():
+    """A fork points at the parent's blocks: the pool holds those tokens once, however many tables share them."""
+    kv = PagedAllocator(1, 1, 2, num_blocks=16, block_size=4)
+    kv.admit(0, 16, reserve=False)
+    kv.ensure(0, 6)
+    assert kv.usage().used_slots == 6
+    kv.fork(0, 1, 16, reserve=False)
+    assert kv.usage().used_slots == 6  # two tables, one copy of the tokens
+    kv.copy_on_write(1, 6, 7)
+    kv.ensure(1, 7)
+    # block 0 shared (4 tokens); the parent's part-filled block (2) and the child's copy of it plus one (3)
+    assert kv.usage().used_slots == 4 + 2 + 3
+
+
+@pytest.mark.parametrize("length, partial", [(8, 0), (9, 1), (10, 1)])
+def test_a_fork_reserves_a_copy_only_of_a_part_filled_last_block(length, partial):
+    kv = PagedAllocator(1, 1, 2, num_blocks=32, block_size=4)
+    kv.admit(0, 16, copies=2)
+    kv.ensure(0, length)
+    kv.fork(0, 1, 16)
+    assert (kv.reserved_blocks[0], kv.reserved_blocks[1]) == (4, 4 + partial)

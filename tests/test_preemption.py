@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cblab_teach import ConfigError, Engine, EngineConfig, PagedAllocator, Request, Scheduler
+from cblab_teach.core.scheduler import BlockLedger, ScheduledChunk, StepPlan
 from cblab_teach.workloads import make_workload
 
 from .helpers import run_alone
@@ -118,3 +119,24 @@ def test_preemptions_are_only_the_needed_ones(model64):
 def test_preemption_needs_paged_kv():
     with pytest.raises(ConfigError, match="preemption"):
         EngineConfig(kv_layout="dense", preemption=True)
+
+
+def test_the_ledger_preempts_newest_first_and_takes_back_what_it_planned_for_them():
+    """Pool of 4 blocks (2 tokens each), three running requests holding one each, one free."""
+    kv = PagedAllocator(1, 1, 2, num_blocks=4, block_size=2)
+    reqs = [Request(i, [1, 2], 8, arrival=i) for i in range(3)]
+    for r in reqs:
+        r.num_computed = 2
+        kv.admit(r.request_id, 8, reserve=False)
+        kv.ensure(r.request_id, 2)
+    ledger = BlockLedger(kv, reqs, order_key=lambda r: r.arrival)
+    plan = StepPlan(16, [ScheduledChunk(2, 2, 1, "decode", True), ScheduledChunk(2, 3, 2, "prefill", False)])
+    assert ledger.take(reqs[1], 4, plan) == (True, 0) and ledger.free == 0  # the free block, planned for request 1
+    # request 0 needs 3 blocks: request 2 goes (its block back, both its chunks' tokens refunded), then request 1
+    # (its held block and the one just planned for it)
+    assert ledger.take(reqs[0], 8, plan) == (True, 3)
+    assert ledger.preempted == [reqs[2], reqs[1]] and plan.chunks == [] and ledger.free == 0
+
+    alone = BlockLedger(kv, [reqs[0]], order_key=lambda r: r.arrival)
+    assert alone.take(reqs[0], 10, StepPlan(16)) == (False, 0)  # it would have to preempt itself: it waits
+    assert alone.take(reqs[0], 10, StepPlan(16)) == (False, 0)  # no victim left at all

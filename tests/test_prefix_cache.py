@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cblab_teach import ConfigError, Engine, EngineConfig
-from cblab_teach.core.prefix_cache import block_digests
+from cblab_teach import ConfigError, Engine, EngineConfig, PagedAllocator
+from cblab_teach.core.prefix_cache import PrefixIndex, block_digests
 from cblab_teach.workloads import make_workload
 
 from .helpers import run_alone
@@ -103,3 +103,29 @@ def test_a_repeated_prompt_of_whole_blocks_still_computes_its_last_token(model64
 def test_prefix_caching_needs_paged_kv():
     with pytest.raises(ConfigError, match="enable_prefix_caching"):
         EngineConfig(kv_layout="dense", enable_prefix_caching=True)
+
+
+def test_the_prefix_index_evicts_the_least_recently_parked_block_and_counts():
+    index = PrefixIndex()
+    assert (index.hits, index.evictions) == (0, 0)
+    for block, digest in [(3, b"a"), (1, b"b"), (2, b"c")]:
+        assert index.register(digest, block)
+        index.park(block)
+    assert not index.register(b"a", 9) and not index.register(b"z", 3)  # a known prefix, a named block
+    index.unpark(7)  # never parked: nothing to do
+    index.unpark(1)  # in use again: not evictable, still findable
+    assert index.evict() == 3 and index.evictions == 1
+    assert index.evict() == 2 and index.evictions == 2
+    assert index.lookup([b"b"]) == [1] and index.lookup([b"a"]) == [] and not index.evictable
+
+
+def test_prefix_hits_count_every_reused_block():
+    kv = PagedAllocator(1, 1, 2, num_blocks=16, block_size=2, enable_prefix_caching=True)
+    ids = list(range(1, 8))
+    kv.admit(0, 7)
+    kv.ensure(0, 7)
+    kv.register_full_blocks(0, ids)
+    for rid in (1, 2):
+        kv.admit(rid, 7)
+        assert kv.claim_prefix(rid, ids) == 6  # three whole blocks; the last token is always computed
+    assert kv.prefix.hits == 6

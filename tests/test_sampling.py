@@ -9,7 +9,7 @@ import torch
 
 from cblab_teach import SamplingParams
 from cblab_teach.core.request import Request
-from cblab_teach.core.sampling import filter_logits, rejection_sample, sample_token
+from cblab_teach.core.sampling import filter_logits, rejection_sample, sample_token, token_probs, verify_sampled
 
 NEG = float("-inf")
 
@@ -68,3 +68,26 @@ def test_a_draft_that_is_the_target_is_always_kept_and_the_bonus_is_drawn_from_t
     for token in range(5):  # each bonus count within 4 standard deviations of p[2]
         share, expected = bonus[token].item() / trials, p[2, token].item()
         assert abs(share - expected) < 4 * math.sqrt(expected * (1 - expected) / trials) + 1e-9
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampled_tokens_follow_the_tempered_distribution(temperature):
+    """Over 4,000 positions (fresh noise each) the draws' frequencies are softmax(logits / T), computed here
+    directly; 4 standard deviations of a frequency is at most 0.032."""
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64).log()
+    request = Request(0, [1], 4, SamplingParams(temperature=temperature, seed=7))
+    want = torch.softmax(logits / temperature, -1)
+    torch.testing.assert_close(token_probs(logits, request), want, rtol=0, atol=1e-12)
+    n = 4000
+    counts = torch.bincount(torch.tensor([sample_token(logits, request, pos) for pos in range(n)]), minlength=4)
+    assert (counts / n - want).abs().max() < 0.032, (counts / n).tolist()
+
+
+def test_each_verified_position_draws_its_own_noise():
+    """Drafts equal to what sampling draws are all kept, then the bonus: each is the sample at its position."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    request = Request(0, [1], 8, SamplingParams(temperature=1.0, seed=5))
+    want = [sample_token(logits[i], request, 10 + i) for i in range(4)]
+    assert verify_sampled(logits, want[:3], request, 10) == want
+    assert len(set(want)) > 1  # positions draw different noise: a shared draw would repeat one token
