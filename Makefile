@@ -71,9 +71,11 @@ fuzz: install  # fresh seeds, many examples; prints the shrunk failing example a
 	CBLAB_HYPOTHESIS_PROFILE=fuzz CBLAB_PROPERTY_EXAMPLES=$${EXAMPLES:-2000} nice -n 19 $(PY) -m pytest tests/test_properties.py \
 		-q -p no:cacheprovider --hypothesis-seed=$$seed --hypothesis-show-statistics
 
-mutants: install  # mutation testing of the core against the fast tests (tests/README.md); not in CI
+# mutation testing of core/, attention/, advanced/ against the fast tests (tests/README.md); not in CI.
+# Results are kept in mutants/: a later run re-checks only what changed. ONLY="cblab_teach.core.kv_cache*" narrows it.
+mutants: install
 	$(PY) -m pip install -q -e ".[mutants]"
-	CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2
+	CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2 $(if $(ONLY),"$(ONLY)")
 	$(PY) scripts/mutation_score.py
 
 lint: install

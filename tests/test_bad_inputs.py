@@ -313,6 +313,8 @@ ROWS = [
         r"got np\.float64\(3\.0\) \(float64\) at prompt_ids\[0\]"),
     Row("request: torch float ids", add(prompt_ids=torch.tensor([3.5, 1.0])), RequestError,
         r"got tensor\(3\.5000\) \(Tensor\) at prompt_ids\[0\]"),
+    Row("request: prompt is one int", add(prompt_ids=5), RequestError,
+        r"request 1: prompt_ids must be a sequence of ints, got 5"),
     Row("request: None as a token id", add(prompt_ids=[1, None]), RequestError, r"got None \(NoneType\)"),
     Row("request: zero max_new_tokens", add(max_new_tokens=0), RequestError,
         r"max_new_tokens must be an int >= 1, got 0"),

@@ -148,3 +148,18 @@ def test_a_fork_reserves_a_copy_only_of_a_part_filled_last_block(length, partial
     kv.ensure(0, length)
     kv.fork(0, 1, 16)
     assert (kv.reserved_blocks[0], kv.reserved_blocks[1]) == (4, 4 + partial)
+
+
+def test_admission_holds_no_token_yet_and_a_refusal_says_what_it_needed():
+    paged = PagedAllocator(1, 1, 2, num_blocks=5, block_size=4)
+    paged.admit(0, 8)
+    assert paged.lengths[0] == 0 and paged.usage().used_slots == 0 and paged.blocks_needed(0, 4) == 1
+    with pytest.raises(KVCacheError, match=r"^6 blocks are not free for request 1$"):
+        paged.admit(1, 8, copies=3)  # 2 blocks a sequence, 3 sequences; 3 are free
+    dense = DenseKVCache(1, 1, 2, num_slots=8)
+    dense.admit(0, 5)
+    assert dense.lengths[0] == 0 and dense.usage().used_slots == 0
+    with pytest.raises(KVCacheError, match=r"^request 0 already has KV in this cache$"):
+        dense.admit(0, 2)
+    with pytest.raises(KVCacheError, match=r"^no contiguous range of 4 slots is free for request 1$"):
+        dense.admit(1, 4)

@@ -139,3 +139,14 @@ def test_check_plan_rejects_the_plans_a_broken_scheduler_makes():
             check_plan(plan, reqs)
     cached = StepPlan(budget=9, chunks=[ScheduledChunk(9, 4, 2, "prefill", False)], cached_tokens={9: 4})
     check_plan(cached, reqs)  # an admitted request starts after its cached prefix
+
+
+def test_run_returns_its_own_records_and_counts_finished_requests_on_its_bar(model64, capsys):
+    engine = Engine(model64, EngineConfig(max_tokens_per_step=16))
+    engine.add_request([1, 2, 3], 3)
+    engine.add_request([4, 5], 5)
+    engine.step()  # both running now, none waiting
+    records = engine.run(progress=True)
+    assert records == engine.records[1:] and len(records) == len(engine.records) - 1
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("requests: 100%") and "2/2 [" in bar and "req/s]" in bar, bar

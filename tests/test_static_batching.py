@@ -49,9 +49,12 @@ def test_batches_run_one_after_another_with_ids_in_arrival_order(model64):
     assert engine.arrival_time > 0
 
 
-def test_the_progress_bar_changes_nothing(model64):
-    assert StaticBatchingEngine(model64).generate(PROMPTS, 2, progress=True) == StaticBatchingEngine(
+def test_the_progress_bar_counts_batches_and_changes_nothing(model64, capsys):
+    assert StaticBatchingEngine(model64, batch_size=2).generate(PROMPTS, 2, progress=True) == StaticBatchingEngine(
         model64).generate(PROMPTS, 2)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    batches = -(-len(PROMPTS) // 2)
+    assert bar.startswith("static batches: 100%") and f"{batches}/{batches} [" in bar, bar
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,10 @@ def test_a_host_pool_too_small_falls_back_to_recompute(model64, tight, expected)
     s = engine.stats
     assert s.swap_outs > 0 and s.recomputed_tokens > 0 and s.swap_outs < s.preemptions
     assert engine.swap.used_blocks == 0
+    line = repr(s)  # the one line the README prints: both kinds of preemption, each with its cost
+    assert line.startswith(f"EngineStats: {s.preemptions} preemptions ({s.recomputed_tokens} tokens recomputed, ")
+    assert f"{s.swap_outs} swapped out ({s.swapped_out_bytes:,} bytes))" in line and s.swapped_out_bytes >= 1000
+    assert "swapped" not in repr(Engine(model64).stats)  # no swap, no word of it
 
 
 def test_swap_with_prefix_caching_speculation_and_sampling(model64, tight):

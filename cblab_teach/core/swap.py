@@ -97,11 +97,6 @@ class HostKVPool:
         del self.lengths[request_id]
         return n, k.nbytes + v.nbytes
 
-    def discard(self, request_id: int) -> None:
-        """Forget a parked request (it was cancelled or handed elsewhere)."""
-        self.free_blocks.extend(reversed(self.tables.pop(request_id)))
-        del self.lengths[request_id]
-
     @property
     def used_blocks(self) -> int:
         return self.num_blocks - len(self.free_blocks)

@@ -150,3 +150,59 @@ def profile_breakdown(make_engine: Callable, prompts, max_new_tokens) -> dict:
         key=lambda kv_: -kv_[1],
     )
     return {"seconds": seconds, "step_s": step_s, "records": records, "top_ops": ops[:12]}
+
+
+def _dense_layers(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's math except attention (norms, projections, RoPE, SwiGLU, residuals): what a compiler can
+    fuse. The queries stand in for attention's output, which has their shape. Returns the last hidden state and
+    each layer's k and v (what a step writes to the cache)."""
+    from ..model.layers import RotaryEmbedding
+
+    cfg, n, kv = model.config, x.shape[0], []
+    for block in model.layers:
+        a, h = block.self_attn, block.input_layernorm(x)
+        q = RotaryEmbedding.apply(a.q_proj(h).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
+        kv += [RotaryEmbedding.apply(a.k_proj(h).view(n, cfg.kv_heads, cfg.head_dim), cos, sin), a.v_proj(h)]
+        x = x + a.o_proj(q.reshape(n, -1))
+        x = x + block.mlp(block.post_attention_layernorm(x))
+    return [x, *kv]
+
+
+@torch.no_grad()
+def compiled_layers_s(
+    model, shapes: Iterable[tuple[int, int]], repeats: int = 3, clock: Callable[[], float] = time.perf_counter
+) -> dict:
+    """The layers' math outside attention (:func:`_dense_layers`) at each step's token count, eager and under
+    ``torch.compile(dynamic=True)`` (one compile serves every token count), interleaved, fastest kept.
+
+    Returns ``{"eager_s", "compiled_s", "compile_s", "max_abs_diff"}``: whether a compiled step would pay on this
+    hardware, what compiling costs first, and whether it computes the same numbers (fused kernels round differently).
+    """
+    counts: dict[int, int] = {}
+    for tokens, _ in shapes:
+        counts[tokens] = counts.get(tokens, 0) + 1
+    compiled = torch.compile(_dense_layers, dynamic=True)
+    cfg, g = model.config, torch.Generator(device="cpu").manual_seed(0)
+
+    def inputs(n: int):
+        x = torch.randn(n, cfg.hidden_size, generator=g).to(model.dtype)
+        pos = torch.randint(0, cfg.max_position, (n,), generator=g).to(model.device)
+        return (x.to(model.device), *model.rotary.cos_sin(pos, model.dtype))
+
+    start = time.perf_counter()
+    for n in sorted(counts)[:2]:  # the first two sizes: the specialised compile, then the dynamic one
+        compiled(model, *inputs(n))
+    compile_s = time.perf_counter() - start
+    eager_s = compiled_s = diff = 0.0
+    for n, times in counts.items():
+        args = inputs(n)
+        best = {"eager": float("inf"), "compiled": float("inf")}
+        for _ in range(repeats):
+            for name, fn in (("eager", _dense_layers), ("compiled", compiled)):
+                t = clock()
+                out = fn(model, *args)
+                best[name] = min(best[name], clock() - t)
+        diff = max(diff, *((a - b).abs().max().item() for a, b in zip(_dense_layers(model, *args), out)))
+        eager_s += times * best["eager"]
+        compiled_s += times * best["compiled"]
+    return {"eager_s": eager_s, "compiled_s": compiled_s, "compile_s": compile_s, "max_abs_diff": diff}
