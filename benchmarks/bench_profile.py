@@ -11,7 +11,9 @@ split into matmuls, attention, KV reads and writes, other model math, Python and
 (:func:`cblab_teach.monitoring.step_profile.profile_breakdown`). The matmul-only limit of the default path's
 steps (:func:`~cblab_teach.monitoring.step_profile.matmul_limit_s`) is measured in the same run, and so are the
 same matmuls with q|k|v and gate|up fused (:func:`~cblab_teach.monitoring.step_profile.fused_matmul_s`): the
-engine keeps separate projections unless fusing them pays here.
+engine keeps separate projections unless fusing them pays here. Last, the layers' math outside attention at the
+same steps' shapes, eager and under ``torch.compile`` (:func:`~cblab_teach.monitoring.step_profile.compiled_layers_s`),
+with the compile time: what a compiled step would win here, and what it costs first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import plotly.graph_objects as go
 from cblab_teach import Engine, EngineConfig
 from cblab_teach.monitoring.step_profile import (
     CATEGORIES,
+    compiled_layers_s,
     fused_matmul_s,
     matmul_limit_s,
     profile_breakdown,
@@ -77,6 +80,12 @@ def run(quick: bool = False) -> dict:
     metrics["fused_projections_over_separate"] = min(fused) / min(separate)
     metrics["fused_projections_spread_low"] = min(fused) / max(separate)
     metrics["fused_projections_spread_high"] = max(fused) / min(separate)
+    if not quick:  # compiling takes seconds; the quick run stays quick
+        compiled = compiled_layers_s(model, shapes, repeats=s["repeats"], clock=time.process_time)
+        metrics["compiled_layers_over_eager"] = compiled["compiled_s"] / compiled["eager_s"]
+        metrics["compiled_layers_saving_s"] = compiled["eager_s"] - compiled["compiled_s"]
+        metrics["compile_s"] = compiled["compile_s"]
+        metrics["compiled_layers_max_abs_diff"] = compiled["max_abs_diff"]
     metrics["outputs_identical_share"] = sum(outputs[n] == outputs["default"] for n in PATHS) / len(PATHS)
     table, fig = [], go.Figure()
     breakdowns = {}
