@@ -186,6 +186,13 @@ def group(**kwargs) -> Callable[[Ctx], list[int]]:
     return lambda ctx: ctx.engine.add_request_group(**args)
 
 
+def starve(ctx: Ctx) -> None:
+    """Every token of the budget reserved for urgent requests (priority <= -1), and none is urgent."""
+    ctx.engine.scheduler.reserved_tokens = ctx.engine.budget
+    ctx.engine.scheduler.reserved_priority = -1
+    ctx.engine.step()
+
+
 def paged(num_blocks: int = 2, block_size: int = 4) -> PagedAllocator:
     return PagedAllocator(1, 1, 2, num_blocks, block_size)
 
@@ -356,7 +363,10 @@ ROWS = [
     Row("static batching: string token id", lambda c: StaticBatchingEngine(c.model).generate([[2, "3"]], 2),
         RequestError, r"prompt 0: token ids must be integers, got '3' \(str\) at prompt_ids\[1\]"),
     Row("step with nothing to run", lambda c: Engine(c.model).step(), CBLabError,
-        r"nothing to run: every request has finished; add_request\(\) first"),
+        r"^nothing to run: every request has finished; add_request\(\) first$"),
+    Row("step whose whole budget is kept for nobody", starve, CBLabError,
+        rf"^the scheduler made no progress \(budget={SERVING.max_tokens_per_step}\); nothing can run$",
+        cleanup=lambda c: setattr(c.engine.scheduler, "reserved_tokens", 0)),
     # KV caches
     Row("paged: double free", lambda c: double_free(paged()), KVCacheError,
         r"request 0 has no KV to free \(double free\?\)"),

@@ -40,6 +40,8 @@ from cblab_teach.monitoring.step_profile import (
 )
 from cblab_teach.plugins.kv_quant import KVQuantizationPlugin
 
+from .reference import greedy
+
 
 def _paged(kv_heads: int = 2, dim: int = 8, blocks: int = 24, block_size: int = 4) -> PagedAllocator:
     cache = PagedAllocator(2, kv_heads, dim, blocks, block_size, dtype=torch.float64)
@@ -326,3 +328,26 @@ def test_the_draft_proposer_computes_each_history_once_then_one_token_per_guess(
 @pytest.fixture
 def work_draft():
     return [[1, 2, 3, 4, 5], [7, 8], [9] * 12, [3, 1, 4, 1, 5, 9, 2, 6]], [12, 5, 9, 14]
+
+
+@pytest.mark.parametrize(
+    ("settings", "runs"),
+    [
+        ({}, {"pool_attention"}),
+        ({"attention": "ragged"}, {"ragged_attention"}),
+        ({"kv_read": "flatten"}, {"gather_by_flatten", "segmented_attention"}),
+        ({"attention": "ragged", "kv_read": "flatten"}, {"gather_by_flatten", "ragged_attention"}),
+    ],
+)
+def test_each_setting_runs_its_own_attention_path(model64, monkeypatch, settings, runs):
+    """The paths give the same tokens by design, so outputs cannot tell them apart: count which functions ran."""
+    from cblab_teach.model import tiny_lm
+
+    called: set[str] = set()
+    for name in ("pool_attention", "ragged_attention", "segmented_attention", "gather_by_flatten"):
+        original = getattr(tiny_lm, name)
+        monkeypatch.setattr(tiny_lm, name, lambda *a, _f=original, _n=name, **k: called.add(_n) or _f(*a, **k))
+    engine = Engine(model64, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=4, **settings))
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    assert engine.generate(prompts, 3) == [greedy(model64, p, 3) for p in prompts]  # the no-cache reference
+    assert called == runs
