@@ -198,3 +198,12 @@ def test_preemption_mode_forks_promise_nothing(model64):
     ids2 = engine2.add_request_group(PROMPT, 3, max_new_tokens=5, sampling=SAMPLING)
     engine2.step()
     assert [engine2.kv.reserved_blocks[i] for i in ids2] == [4, 5, 5]  # 14 tokens: 4 blocks, +1 for each fork's copy
+
+
+def test_only_the_forking_request_is_recorded_as_forked(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40, prefill_chunk_size=32))
+    other = engine.add_request([5, 6, 7], 4)
+    ids = engine.add_request_group(PROMPT, 2, max_new_tokens=3, sampling=SAMPLING)
+    records = engine.run()
+    assert [r.forked for r in records if r.forked] == [{ids[0]: ids[1:]}]
+    assert any(other in r.sampled for r in records)  # it sampled in those steps, and never forked

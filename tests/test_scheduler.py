@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 
@@ -150,3 +151,17 @@ def test_run_returns_its_own_records_and_counts_finished_requests_on_its_bar(mod
     assert records == engine.records[1:] and len(records) == len(engine.records) - 1
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert bar.startswith("requests: 100%") and "2/2 [" in bar and "req/s]" in bar, bar
+
+
+def test_step_records_time_their_steps(model64):
+    """Each record's start, duration and forward time lie within the run, in order, forward inside the step."""
+    engine = Engine(model64, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=4))
+    engine.add_request([1, 2, 3, 4, 5, 6], 4)
+    engine.add_request([7, 8], 6)
+    before = time.perf_counter()
+    records = engine.run()
+    after = time.perf_counter()
+    assert len(records) > 2
+    for r, nxt in zip(records, records[1:] + [None]):
+        assert before <= r.start_time and 0 < r.forward_s <= r.duration_s
+        assert r.start_time + r.duration_s <= (nxt.start_time if nxt else after)
