@@ -207,3 +207,10 @@ def test_only_the_forking_request_is_recorded_as_forked(model64):
     records = engine.run()
     assert [r.forked for r in records if r.forked] == [{ids[0]: ids[1:]}]
     assert any(other in r.sampled for r in records)  # it sampled in those steps, and never forked
+
+
+def test_a_group_reserves_the_worst_case_of_every_sequence_when_admitted(model64):
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40, prefill_chunk_size=4))
+    ids = engine.add_request_group(PROMPT, 2, max_new_tokens=5, sampling=SAMPLING)
+    engine.step()  # admitted, first chunk of the prompt: no fork yet
+    assert engine.kv.reserved_blocks[ids[0]] == 2 * engine.kv.blocks_for(len(PROMPT) + 5 - 1)

@@ -99,6 +99,7 @@ def test_preemptions_are_only_the_needed_ones(model64):
         model64, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=8, block_size=2, num_blocks=6, preemption=True)
     )
     ids = [engine.add_request([1, 2, 3, 4], 8), engine.add_request([5, 6, 7, 8], 8)]
+    recomputed, times = 0, dict.fromkeys(ids, 0)
     while engine.has_unfinished():
         free_before = engine.kv.num_free_blocks
         running_before = {r.request_id: r.num_computed for r in engine.running}
@@ -106,6 +107,8 @@ def test_preemptions_are_only_the_needed_ones(model64):
         assert len(record.preempted) <= 1
         if record.preempted:
             victim = record.preempted[0]
+            recomputed, times[victim] = recomputed + running_before[victim], times[victim] + 1
+            assert engine.requests[victim].state.value == "waiting" and engine.requests[victim].num_computed == 0
             survivor = [r for r in running_before if r != victim]
             assert survivor, "the only running request preempted itself"
             need = sum(engine.kv.blocks_for(running_before[r] + 1) for r in survivor) - sum(
@@ -113,7 +116,9 @@ def test_preemptions_are_only_the_needed_ones(model64):
             )
             assert need > free_before, f"step {record.step}: preempted {victim} though {free_before} blocks were free"
     assert [engine.output(i) for i in ids] == [greedy(model64, [1, 2, 3, 4], 8), greedy(model64, [5, 6, 7, 8], 8)]
-    assert engine.stats.preemptions >= 1
+    assert engine.stats.preemptions == sum(times.values()) >= 1
+    assert engine.stats.recomputed_tokens == recomputed  # every token the victims had computed, counted once
+    assert {i: engine.requests[i].num_preemptions for i in ids} == times
 
 
 def test_preemption_needs_paged_kv():
