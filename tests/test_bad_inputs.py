@@ -48,6 +48,7 @@ from cblab_teach.viz import (
 )
 
 from .helpers import run_alone
+from .reference import greedy
 
 VOCAB = 97
 MAX_POSITION = 64
@@ -308,6 +309,10 @@ ROWS = [
     Row("request: id past the vocabulary", add(prompt_ids=[1, VOCAB]), RequestError,
         rf"token ids \[{VOCAB}\] are outside the vocabulary \[0, {VOCAB}\)"),
     Row("request: negative id", add(prompt_ids=[-1, 2]), RequestError, r"token ids \[-1\] are outside"),
+    Row("request: seven ids past the vocabulary", add(prompt_ids=[1] + [VOCAB + i for i in range(7)]), RequestError,
+        rf"token ids \[{VOCAB}, {VOCAB + 1}, {VOCAB + 2}, {VOCAB + 3}, {VOCAB + 4}\] are outside"),  # the first five
+    Row("request: bool max_new_tokens", add(max_new_tokens=True), RequestError,
+        r"max_new_tokens must be an int >= 1, got True"),
     Row("request: prompt is not ids", add(prompt_ids="abc"), RequestError,
         r"prompt_ids must be a sequence of ints, got 'abc'"),
     Row("request: float token ids", add(prompt_ids=[1.5, 2.0]), RequestError,
@@ -500,3 +505,13 @@ def test_integer_token_ids_of_any_kind_are_accepted(model, alone, prompt) -> Non
     assert engine.request(rid).prompt_ids == [3, 1, 4] and all(type(t) is int for t in engine.request(rid).prompt_ids)
     engine.run()
     assert engine.output(rid) == alone([3, 1, 4], 4)
+
+
+def test_a_request_that_exactly_reaches_max_position_is_served(model):
+    """prompt + max_new_tokens == max_position is the longest allowed; one more token is refused."""
+    engine = Engine(model, EngineConfig(max_tokens_per_step=64, prefill_chunk_size=64, block_size=8, num_blocks=8))
+    rid = engine.add_request([2] * (MAX_POSITION - 3), 3)
+    with pytest.raises(RequestError, match="exceeds the model's max_position"):
+        engine.add_request([2] * (MAX_POSITION - 3), 4)
+    engine.run()
+    assert engine.output(rid) == greedy(model, [2] * (MAX_POSITION - 3), 3)

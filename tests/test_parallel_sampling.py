@@ -214,3 +214,17 @@ def test_a_group_reserves_the_worst_case_of_every_sequence_when_admitted(model64
     ids = engine.add_request_group(PROMPT, 2, max_new_tokens=5, sampling=SAMPLING)
     engine.step()  # admitted, first chunk of the prompt: no fork yet
     assert engine.kv.reserved_blocks[ids[0]] == 2 * engine.kv.blocks_for(len(PROMPT) + 5 - 1)
+
+
+def test_every_request_is_recorded_finished_once_and_records_carry_its_tokens(model64):
+    """A request that finishes in the step where a group forks is still reported finished (the fork adds to the
+    step's finished list, it does not replace it), and each record's new tokens are the ones each request kept."""
+    engine = Engine(model64, EngineConfig(block_size=4, num_blocks=40, prefill_chunk_size=32))
+    other = engine.add_request([5, 6, 7], 1)  # finishes at its first sample, the step the group forks
+    ids = engine.add_request_group(PROMPT, 2, max_new_tokens=3, sampling=SAMPLING)
+    records = engine.run()
+    assert records[0].forked and other in records[0].finished
+    finished = [rid for r in records for rid in r.finished]
+    assert sorted(finished) == sorted([other, *ids])
+    for rid in [other, *ids]:
+        assert [t for r in records for t in r.new_tokens.get(rid, [])] == engine.output(rid)
