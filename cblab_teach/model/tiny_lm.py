@@ -132,12 +132,17 @@ class TinyLM(nn.Module):
             x = x[batch.sample_rows]
         return self.lm_head(self.norm(x))
 
+    def qkv(self, block: Block, x: torch.Tensor, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A layer's queries, keys and values ``[n, heads, head_dim]``, q and k rotated to their positions."""
+        cfg, attn, n = self.config, block.self_attn, x.shape[0]
+        q = RotaryEmbedding.apply(attn.q_proj(x).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
+        k = RotaryEmbedding.apply(attn.k_proj(x).view(n, cfg.kv_heads, cfg.head_dim), cos, sin)
+        return q, k, attn.v_proj(x).view(n, cfg.kv_heads, cfg.head_dim)
+
     def _attend(self, layer: int, block: Block, x: torch.Tensor, cos, sin, ctx: StepContext) -> torch.Tensor:
         cfg, attn = self.config, block.self_attn
         n = x.shape[0]
-        q = RotaryEmbedding.apply(attn.q_proj(x).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
-        k = RotaryEmbedding.apply(attn.k_proj(x).view(n, cfg.kv_heads, cfg.head_dim), cos, sin)
-        v = attn.v_proj(x).view(n, cfg.kv_heads, cfg.head_dim)
+        q, k, v = self.qkv(block, x, cos, sin)
         ctx.cache.write(layer, ctx.write_slots, k, v, ctx.batch)
         if self.attention_hook is not None:
             out = self.attention_hook(layer, q, ctx)

@@ -156,14 +156,11 @@ def _dense_layers(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     """Every layer's math except attention (norms, projections, RoPE, SwiGLU, residuals): what a compiler can
     fuse. The queries stand in for attention's output, which has their shape. Returns the last hidden state and
     each layer's k and v (what a step writes to the cache)."""
-    from ..model.layers import RotaryEmbedding
-
-    cfg, n, kv = model.config, x.shape[0], []
+    n, kv = x.shape[0], []
     for block in model.layers:
-        a, h = block.self_attn, block.input_layernorm(x)
-        q = RotaryEmbedding.apply(a.q_proj(h).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
-        kv += [RotaryEmbedding.apply(a.k_proj(h).view(n, cfg.kv_heads, cfg.head_dim), cos, sin), a.v_proj(h)]
-        x = x + a.o_proj(q.reshape(n, -1))
+        q, k, v = model.qkv(block, block.input_layernorm(x), cos, sin)
+        kv += [k, v.reshape(n, -1)]
+        x = x + block.self_attn.o_proj(q.reshape(n, -1))
         x = x + block.mlp(block.post_attention_layernorm(x))
     return [x, *kv]
 
