@@ -47,6 +47,21 @@ def test_values_behind_the_mask_cannot_change_the_output():
     assert not torch.allclose(leaky_clamp_attention(q, k, v, mask), leaky_clamp_attention(q, k, v2, mask))
 
 
+def test_the_leaky_clamp_adds_exactly_eps_times_each_hidden_value():
+    """The teaching bug, said independently: every masked key gets probability eps instead of 0, so the output is
+    the right one plus eps times the sum of the hidden values (visible probabilities stay above eps, unchanged).
+    Grouped-query heads, so each query head must read its own K/V head."""
+    q, k, v = _qkv(3, 5, heads=4, kv_heads=2)
+    mask = torch.ones(1, 3, 5, dtype=torch.bool)
+    mask[0, :, 3:] = False
+    mask[0, 2, 1] = False
+    for eps in (1e-6, 1e-3):
+        hidden = torch.einsum("bqk,bkhd->bqhd", (~mask).double(), v.repeat_interleave(2, dim=2))
+        expected = masked_attention(q, k, v, mask) + eps * hidden
+        torch.testing.assert_close(leaky_clamp_attention(q, k, v, mask, eps=eps), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(leaky_clamp_attention(q, k, v, mask), leaky_clamp_attention(q, k, v, mask, eps=1e-6))
+
+
 def test_grouped_query_heads_share_kv():
     q, k, v = _qkv(3, 3, heads=4, kv_heads=2)
     mask = torch.ones(1, 3, 3, dtype=torch.bool)

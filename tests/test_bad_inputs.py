@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -347,7 +347,8 @@ ROWS = [
     Row("request: fractional top_k", add(sampling=SamplingParams(temperature=1.0, top_k=2.5)), RequestError,
         r"invalid sampling parameters .*top_k=2\.5"),
     Row("request: sampling is a dict", add(sampling={"temperature": 1.0}), RequestError,
-        r"invalid sampling parameters \{'temperature': 1\.0\}"),
+        r"invalid sampling parameters \{'temperature': 1\.0\} \(need a SamplingParams with a finite temperature >= 0, "
+        r"an int top_k >= 0 and 0 < top_p <= 1\)"),
     Row("request: priority is a string", add(priority="high"), RequestError,
         r"priority must be an int \(smaller runs first\), got 'high'"),
     Row("request: top_p above 1", add(sampling=SamplingParams(temperature=1.0, top_p=1.5)), RequestError,
@@ -515,3 +516,22 @@ def test_a_request_that_exactly_reaches_max_position_is_served(model):
         engine.add_request([2] * (MAX_POSITION - 3), 4)
     engine.run()
     assert engine.output(rid) == greedy(model, [2] * (MAX_POSITION - 3), 3)
+
+
+@pytest.mark.parametrize("layout", ["dense", "paged"])
+def test_a_request_that_exactly_fills_the_pool_is_served(model, layout):
+    """prompt + max_new_tokens - 1 K/V slots (the last token is never stored) equal to the pool is the most a
+    request may need; one more slot and it could never run."""
+    config = replace(SERVING, kv_layout=layout)
+    engine = Engine(model, config)
+    slots = config.num_slots
+    rid = engine.add_request([2] * 9, slots - 8)
+    with pytest.raises(CapacityError, match=f"needs {slots + 1} KV slots but the whole pool has {slots}"):
+        engine.add_request([2] * 9, slots - 7)
+    engine.run()
+    assert engine.output(rid) == greedy(model, [2] * 9, slots - 8)
+
+
+def test_token_id_zero_is_a_valid_end_token():
+    """0 is the lowest token id, not a missing one: it is accepted as the engine's end token."""
+    assert EngineConfig(eos_token_id=0).eos_token_id == 0

@@ -230,7 +230,9 @@ def test_an_imported_request_keeps_what_it_was_and_joins_the_queue_order(model64
     source = Engine(model64, EngineConfig(block_size=4))
     rid = source.add_request([3, 1, 4, 1, 5], 6, request_id=7, priority=2, eos_token_id=96)
     source.step()
+    arrived_at = source.request(rid).arrival_time
     handoff = source.export_prefilled(rid)
+    assert handoff.arrival_time == arrived_at  # TTFT and E2E count from the first engine's arrival
     target = Engine(model64, EngineConfig(block_size=4, num_blocks=16, preemption=preemption))
     earlier = target.add_request([9, 9], 3)
     target.step()
@@ -297,3 +299,10 @@ def test_can_import_asks_for_exactly_what_admission_needs(model64, preemption):
     for blocks in (2, 3):
         target = Engine(model64, EngineConfig(block_size=4, num_blocks=blocks, preemption=preemption))
         assert target.can_import(handoff) == (preemption or blocks == 3), blocks
+    seats = Engine(model64, EngineConfig(block_size=4, max_running=2, preemption=preemption))
+    seats.add_request([1, 2], 4)
+    seats.step()
+    assert seats.can_import(handoff)  # one seat of two taken
+    seats.add_request([2, 3], 4)
+    seats.step()
+    assert not seats.can_import(handoff)  # both taken: the hand-over waits for a seat

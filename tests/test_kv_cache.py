@@ -163,3 +163,23 @@ def test_admission_holds_no_token_yet_and_a_refusal_says_what_it_needed():
         dense.admit(0, 2)
     with pytest.raises(KVCacheError, match=r"^no contiguous range of 4 slots is free for request 1$"):
         dense.admit(1, 4)
+
+
+def test_small_answers_for_requests_and_pools_at_their_edges():
+    """What a caller may ask of a pool about a request it does not hold, or with nothing shared."""
+    kv = PagedAllocator(1, 1, 2, num_blocks=3, block_size=4)
+    assert kv.blocks_released_by(7) == 0  # no KV, nothing to release
+    kv.admit(0, 12, reserve=False)
+    assert kv.claim_prefix(0, [1, 2, 3, 4, 5, 6]) == 0  # prefix caching off: nothing is ever reused
+    kv.ensure(0, 6)
+    kv.fork(0, 1, 12, reserve=False)
+    kv.admit(2, 4, reserve=False)
+    kv.ensure(2, 4)  # another request takes the last free block
+    with pytest.raises(KVCacheError, match="exhausted while growing request 1"):
+        kv.copy_on_write(1, 6, 7)  # the shared second block needs a private copy, and no block is free
+    dense = DenseKVCache(1, 2, 4, num_slots=8, dtype=torch.float64)
+    dense.admit(0, 5)
+    dense.ensure(0, 3)
+    usage = dense.usage()
+    assert usage.bytes_per_slot == 2 * 2 * 4 * 8  # K and V, 2 heads of 4 float64 values, 1 layer
+    assert (usage.used_bytes, usage.reserved_bytes) == (3 * 128, 5 * 128)

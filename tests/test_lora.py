@@ -236,7 +236,8 @@ BAD = [
     ("negative alpha", lambda e, m, a: LoRAAdapter.random(m, alpha=-1.0), AdapterError,
      r"alpha must be a finite number > 0, got -1\.0"),
     ("prefix caching on", lambda e, m, a: with_prefix_caching(m).add_adapter("x", a["all"]), ConfigError,
-     r"adapter 'x': LoRA requests cannot share cached prefix blocks"),
+     r"adapter 'x': LoRA requests cannot share cached prefix blocks keyed by tokens alone \(their K/V differ per "
+     r"adapter; vLLM adds the LoRA id to the block hash\); use enable_prefix_caching=False$"),
 ]  # fmt: skip
 
 
@@ -261,3 +262,108 @@ def test_bad_adapter_input_gets_a_typed_error_and_the_others_finish_unchanged(
         req = engine.request(rid)
         assert engine.output(rid) == run_alone(merged[name], req.prompt_ids, req.max_new_tokens)
     assert set(engine.requests) == set(running) and sorted(engine.adapters) == ["attn", "mlp"]
+
+
+def _pair(rank: int = 2, out_f: int = 32, in_f: int = 32, layers: int = 2) -> tuple[list, list]:
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(rank, in_f, generator=g, dtype=torch.float64) for _ in range(layers)]
+    b = [torch.randn(out_f, rank, generator=g, dtype=torch.float64) for _ in range(layers)]
+    return a, b
+
+
+A2, B2 = _pair()
+MALFORMED_ADAPTERS = [
+    ("bool rank", dict(rank=True), r"LoRA rank must be an int >= 1, got True"),
+    ("float rank", dict(rank=2.0), r"LoRA rank must be an int >= 1, got 2\.0"),
+    ("bool alpha", dict(alpha=True), r"LoRA alpha must be a finite number > 0, got True"),
+    ("string alpha", dict(alpha="2"), r"LoRA alpha must be a finite number > 0, got '2'"),
+    ("zero alpha", dict(alpha=0.0), r"LoRA alpha must be a finite number > 0, got 0\.0"),
+    ("infinite alpha", dict(alpha=float("inf")), r"LoRA alpha must be a finite number > 0, got inf"),
+    ("A is a list", dict(A=A2), r"^LoRA A and B must be non-empty dicts: projection name -> one tensor per layer$"),
+    ("B is a list", dict(B=B2), r"^LoRA A and B must be non-empty dicts"),
+    ("no targets", dict(A={}, B={}), r"^LoRA A and B must be non-empty dicts"),
+    ("A and B target different projections", dict(B={"v_proj": B2}),
+     r"^A targets \['q_proj'\] but B targets \['v_proj'\]; they must match$"),
+    ("unknown projection", dict(A={"qkv": A2}, B={"qkv": B2}),
+     r"^unknown target projections \['qkv'\]; choose from \['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj'"),
+    ("A and B with different layer counts", dict(B={"q_proj": B2[:1]}),
+     r"^every target needs the same number \(>= 1\) of per-layer matrices, got \[1, 2\]$"),
+    ("no layers", dict(A={"q_proj": []}, B={"q_proj": []}), r"per-layer matrices, got \[0\]$"),
+    ("A is 1-D", dict(A={"q_proj": [A2[0][0], A2[1]]}), r"^q_proj layer 0: A must be a 2-D floating tensor, got \(32,\)$"),
+    ("B holds ints", dict(B={"q_proj": [B2[0], B2[1].long()]}),
+     r"^q_proj layer 1: B must be a 2-D floating tensor, got \(32, 2\)$"),
+    ("A is a list of lists", dict(A={"q_proj": [A2[0].tolist(), A2[1]]}),
+     r"^q_proj layer 0: A must be a 2-D floating tensor, got list$"),
+    ("only B has the wrong rank", dict(B={"q_proj": _pair(rank=3)[1]}),
+     r"^q_proj layer 0: rank mismatch: A is \[2, 32\] and B is \[32, 3\], expected A \[2, in\] and B \[out, 2\]$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change,message", [m[1:] for m in MALFORMED_ADAPTERS], ids=[m[0] for m in MALFORMED_ADAPTERS])
+def test_a_malformed_adapter_is_refused_with_what_is_wrong(change, message):
+    fields = dict(rank=2, alpha=4.0, A={"q_proj": A2}, B={"q_proj": B2}) | change
+    with pytest.raises(AdapterError, match=message):
+        LoRAAdapter(**fields)
+
+
+def test_a_well_formed_adapter_is_accepted_and_moves_to_another_dtype(model):
+    """alpha below 1 is a valid (small) scaling; ``to`` converts every matrix and keeps the adapter equal."""
+    small = LoRAAdapter(2, 0.5, {"q_proj": A2}, {"q_proj": B2})
+    assert small.scaling == 0.25
+    moved = small.to(torch.float32)
+    tensors = [t for d in (moved.A, moved.B) for ts in d.values() for t in ts]
+    assert {(t.dtype, t.device.type) for t in tensors} == {(torch.float32, "cpu")}
+    torch.testing.assert_close(moved.delta("q_proj", 1), small.delta("q_proj", 1).float())
+    assert moved.A["q_proj"][0] is not small.A["q_proj"][0]  # a copy, not a view of the original
+
+
+def test_an_adapter_that_does_not_fit_the_model_says_which_matrix(model):
+    """Only B's output size is wrong (A fits): the check still names the projection and both shapes."""
+    a, b = _pair(out_f=33)
+    with pytest.raises(AdapterError, match=r"q_proj layer 0: A \[2, 32\] and B \[33, 2\] do not fit the model's "
+                                           r"q_proj \[32, 32\]: need A \[2, 32\] and B \[32, 2\]"):  # fmt: skip
+        LoRAAdapter(2, 2.0, {"q_proj": a}, {"q_proj": b}).check_fits(model)
+    with pytest.raises(AdapterError, match=r"a LoRA adapter applies to a TinyLM, got 'gpt2'"):
+        LoRAAdapter(2, 2.0, {"q_proj": A2}, {"q_proj": B2}).check_fits("gpt2")
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(rank=True), r"LoRA rank must be an int >= 1, got True"),
+        (dict(rank=2.5), r"LoRA rank must be an int >= 1, got 2\.5"),
+        (dict(targets=()), r"unknown target projections \[\]; choose from \['q_proj'"),
+        (dict(targets=("q_proj", "qkv")), r"unknown target projections \['qkv'\]; choose"),
+    ],
+)
+def test_a_random_adapter_checks_what_it_is_asked_for(model, kwargs, message):
+    with pytest.raises(AdapterError, match=message):
+        LoRAAdapter.random(model, **kwargs)
+
+
+def test_a_random_adapter_is_seeded_and_scaled_by_std(model):
+    """Same seed, same adapter; another seed, another; std scales every matrix (and only that)."""
+    base = LoRAAdapter.random(model, rank=2, seed=3, std=0.1)
+    same, other = LoRAAdapter.random(model, rank=2, seed=3, std=0.1), LoRAAdapter.random(model, rank=2, seed=4)
+    doubled = LoRAAdapter.random(model.config, rank=2, seed=3, std=0.2)
+    for name in base.targets:
+        for layer in range(base.num_layers):
+            assert torch.equal(base.A[name][layer], same.A[name][layer])
+            assert not torch.equal(base.A[name][layer], other.A[name][layer])
+            torch.testing.assert_close(doubled.A[name][layer], 2 * base.A[name][layer])
+            torch.testing.assert_close(doubled.B[name][layer], 2 * base.B[name][layer])
+    with pytest.raises(AdapterError, match=r"LoRAAdapter.random needs a TinyLM or a ModelConfig, got 'gpt2'"):
+        LoRAAdapter.random("gpt2")
+
+
+def test_an_adapter_in_another_dtype_is_converted_to_the_models(model, adapters):
+    """A float32 adapter added to a float64 engine is kept in float64 (a matmul cannot mix them) and serves the
+    same tokens as the float64 adapter would, on its merged model."""
+    engine = Engine(model, EngineConfig(block_size=4))
+    engine.add_adapter("attn", adapters["attn"].to(torch.float32))
+    stored = engine.adapters["attn"]
+    assert {t.dtype for d in (stored.A, stored.B) for ts in d.values() for t in ts} == {torch.float64}
+    rid = engine.add_request([3, 1, 4, 1, 5], 6, adapter="attn")
+    engine.run()
+    reference = adapters["attn"].to(torch.float32).to(torch.float64).merged_into(model)
+    assert engine.output(rid) == run_alone(reference, [3, 1, 4, 1, 5], 6)

@@ -121,6 +121,26 @@ def test_preemptions_are_only_the_needed_ones(model64):
     assert {i: engine.requests[i].num_preemptions for i in ids} == times
 
 
+def test_preemption_counters_add_up_when_a_request_is_preempted_twice(model64):
+    """Three requests that each need most of the pool: the newest is preempted twice (once by an older request,
+    once by itself when its next chunk cannot fit). Each counter is a sum over every preemption."""
+    engine = Engine(
+        model64, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=8, block_size=2, num_blocks=6, preemption=True)
+    )
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 8, 7, 6]]
+    ids = [engine.add_request(p, 8) for p in prompts]
+    recomputed, times = 0, dict.fromkeys(ids, 0)
+    while engine.has_unfinished():
+        computed = {r.request_id: r.num_computed for r in engine.running}
+        for victim in engine.step().preempted:
+            recomputed, times[victim] = recomputed + computed[victim], times[victim] + 1
+    assert max(times.values()) >= 2, times
+    assert engine.stats.preemptions == sum(times.values())
+    assert engine.stats.recomputed_tokens == recomputed
+    assert {i: engine.requests[i].num_preemptions for i in ids} == times
+    assert [engine.output(i) for i in ids] == [greedy(model64, p, 8) for p in prompts]
+
+
 def test_preemption_needs_paged_kv():
     with pytest.raises(ConfigError, match="preemption"):
         EngineConfig(kv_layout="dense", preemption=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 import time
 
 import pytest
 
 from cblab_teach import ConfigError, Engine, EngineConfig, Request, Scheduler
+from cblab_teach.core.kv_cache import PagedAllocator
 from cblab_teach.core.scheduler import check_plan
 
 
@@ -110,12 +112,92 @@ def test_plan_is_pure():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(max_tokens_per_step=0), dict(prefill_chunk_size=0), dict(max_running=-1), dict(policy="lifo")]
+    "kwargs",
+    [
+        dict(max_tokens_per_step=0), dict(prefill_chunk_size=0), dict(max_running=-1), dict(policy="lifo"),
+        dict(max_tokens_per_step=2.5), dict(prefill_chunk_size=True), dict(max_running="4"),
+    ],
 )
 def test_bad_scheduler_settings_are_rejected(kwargs):
+    """The error names the setting and its value: a float, a bool or a string is not a token count."""
     args = dict(max_tokens_per_step=4, prefill_chunk_size=2) | kwargs
-    with pytest.raises(ConfigError, match=str(list(kwargs.values())[0])):
+    (name, value), = kwargs.items()
+    with pytest.raises(ConfigError, match=re.escape(name) + ".*" + re.escape(repr(value))):
         Scheduler(**args)
+
+
+def _urgent_after_ordinary(kind: str) -> tuple[Scheduler, list[Request]]:
+    """An ordinary request ahead of an urgent one, with the whole budget reserved for urgent requests."""
+    s = Scheduler(max_tokens_per_step=2, prefill_chunk_size=4)
+    s.reserved_tokens, s.reserved_priority = 2, 0
+    if kind == "decode":
+        reqs = [decoding(0, 0), decoding(1, 1)]
+    else:
+        reqs = [Request(0, [1] * 4, 2, arrival=0), Request(1, [1] * 4, 2, arrival=1)]
+        if kind == "prefill":
+            for r in reqs:
+                r.num_computed = 1
+    reqs[0].priority = 5
+    return s, reqs
+
+
+@pytest.mark.parametrize("kind", ["decode", "prefill", "admission"])
+def test_an_ordinary_request_without_room_does_not_block_an_urgent_one_behind_it(kind):
+    """Every pass skips a request whose share of the budget is spent and goes on: the urgent one still runs."""
+    s, reqs = _urgent_after_ordinary(kind)
+    plan = s.plan([], reqs) if kind == "admission" else s.plan(reqs, [])
+    assert plan.request_ids == [1] and plan.used == (1 if kind == "decode" else 2)
+    assert plan.admitted == ([1] if kind == "admission" else [])
+
+
+def test_a_decoder_preempted_this_step_is_skipped_and_the_next_one_still_decodes():
+    """Pool of 4 blocks of 2, none free. A (oldest) needs a block and preempts C (newest); C comes before B in
+    decode order (served longer ago), and B, which needs no new block, must still decode."""
+    kv = PagedAllocator(1, 1, 2, num_blocks=4, block_size=2)
+    a, c = decoding(0, 0, last=0), decoding(2, 2, last=0)  # 2 tokens held, the 3rd needs a second block
+    b = Request(1, [1, 2, 3], 10, arrival=1)
+    b.output_ids, b.num_computed, b.last_scheduled_step = [4], 3, 1  # 3 of 4 slots used: room in its block
+    for r in (a, b, c):
+        kv.admit(r.request_id, r.max_total_tokens, reserve=False)
+        kv.ensure(r.request_id, r.num_computed)
+    assert kv.num_free_blocks == 0
+    plan = Scheduler(16, 4).plan([a, b, c], [], kv, preemption=True)
+    assert plan.preempted == [2]
+    assert [(ch.request_id, ch.kind) for ch in plan.chunks] == [(0, "decode"), (1, "decode")]
+
+
+def test_a_preemption_frees_a_running_seat_for_a_waiting_request():
+    """max_running 2, both seats taken and no free block: A's decode preempts B, so one seat and one of B's
+    two blocks are free again, and the waiting C (one block) is admitted in the same step."""
+    kv = PagedAllocator(1, 1, 2, num_blocks=3, block_size=2)
+    a, b = decoding(0, 0), Request(1, [1, 2, 3], 10, arrival=1)
+    b.output_ids, b.num_computed = [4], 3  # two blocks held
+    for r in (a, b):
+        kv.admit(r.request_id, r.max_total_tokens, reserve=False)
+        kv.ensure(r.request_id, r.num_computed)
+    c = Request(2, [4, 5], 3, arrival=2)
+    plan = Scheduler(16, 4, max_running=2).plan([a, b], [c], kv, preemption=True)
+    assert plan.preempted == [1] and plan.admitted == [2]
+
+
+def test_a_group_larger_than_max_running_still_starts_alone():
+    """Waiting for seats that can never exist would hang: with nobody running, the group starts."""
+    group = Request(0, [1, 2, 3], 4, group_size=3)
+    s = Scheduler(16, 4, max_running=2)
+    assert s.plan([], [group]).admitted == [0]
+    assert s.plan([decoding(1, 1)], [group]).admitted == []  # with someone running, it waits for seats
+
+
+@pytest.mark.parametrize("computed", [1, 3])
+def test_a_swapped_request_resumes_where_it_stopped_and_is_not_a_prefix_hit(computed):
+    """A request that comes back from the host pool has K/V for ``computed`` tokens: its chunk starts there,
+    and those tokens are not reported as a prefix-cache hit (nor is a fresh request's empty prefix)."""
+    back = Request(0, [1, 2, 3, 4, 5], 2, arrival=0)
+    back.num_computed = computed
+    fresh = Request(1, [6, 7], 2, arrival=1)
+    plan = Scheduler(16, 8).plan([], [back, fresh])
+    assert [(c.request_id, c.start, c.length) for c in plan.chunks] == [(0, computed, 5 - computed), (1, 0, 2)]
+    assert plan.cached_tokens == {}
 
 
 def test_check_plan_rejects_the_plans_a_broken_scheduler_makes():
@@ -165,3 +247,18 @@ def test_step_records_time_their_steps(model64):
     for r, nxt in zip(records, records[1:] + [None]):
         assert before <= r.start_time and 0 < r.forward_s <= r.duration_s
         assert r.start_time + r.duration_s <= (nxt.start_time if nxt else after)
+
+
+def test_a_requests_state_follows_its_tokens():
+    """Decoding after its first token, finished at its budget or its end token, whichever comes first."""
+    r = Request(0, [1, 2], 3, eos_token_id=9)
+    assert r.state.value == "waiting"
+    r.append_token(4)
+    assert r.state.value == "decode"
+    r.append_token(5)
+    assert r.state.value == "decode"
+    r.append_token(6)
+    assert r.state.value == "finished" and r.output_ids == [4, 5, 6]
+    early = Request(1, [1, 2], 3, eos_token_id=9)
+    early.append_token(9)
+    assert early.state.value == "finished"

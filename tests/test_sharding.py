@@ -21,6 +21,7 @@ from cblab_teach.advanced import (
     merge_pair,
     merge_partials,
     merge_partials_with_lse,
+    merge_weights,
     partial_attention,
     run_distributed,
     shard_sizes,
@@ -167,11 +168,43 @@ def test_a_naive_average_of_partials_is_wrong():
 
 def test_demo_figure_data_is_consistent():
     d = demo_sharding_figure(num_keys=10, num_shards=3, seed=1)
-    assert d["shard_sizes"] == [4, 3, 3] and len(d["shard_of_key"]) == 10
+    assert sorted(d) == sorted(["num_keys", "num_shards", "shard_sizes", "shard_of_key", "scores", "probs_full",
+                                "probs_in_shard", "shard_lse", "shard_weights", "probs_merged", "out_full",
+                                "out_merged", "max_abs_error"])  # fmt: skip
+    assert (d["num_keys"], d["num_shards"]) == (10, 3)
+    assert d["shard_sizes"] == [4, 3, 3] and d["shard_of_key"] == [0] * 4 + [1] * 3 + [2] * 3
     assert abs(sum(d["shard_weights"]) - 1) < 1e-12
     assert max(abs(a - b) for a, b in zip(d["probs_merged"], d["probs_full"])) < 1e-12
     assert d["max_abs_error"] < 1e-12
     assert all(isinstance(x, float) for x in d["scores"])  # plain data, no tensors
+    # recomputed from the scores alone: each shard's softmax and log-sum-exp, and the merged output
+    scores = torch.tensor(d["scores"], dtype=torch.float64)
+    for shard, (start, end) in enumerate([(0, 4), (4, 7), (7, 10)]):
+        torch.testing.assert_close(torch.tensor(d["probs_in_shard"][start:end], dtype=torch.float64), scores[start:end].softmax(0))
+        assert abs(d["shard_lse"][shard] - scores[start:end].logsumexp(0).item()) < 1e-12
+    torch.testing.assert_close(torch.tensor(d["out_merged"]), torch.tensor(d["out_full"]), rtol=0, atol=1e-12)
+    assert demo_sharding_figure(num_keys=10, num_shards=3, seed=1) == d  # seeded
+    assert demo_sharding_figure(num_keys=10, num_shards=3, seed=2)["scores"] != d["scores"]
+    assert demo_sharding_figure(num_keys=1, num_shards=1)["shard_sizes"] == [1]  # one key is a figure
+    for bad in (0, 2.5):
+        with pytest.raises(ShardingError, match=rf"num_keys must be an int >= 1, got {bad!r}"):
+            demo_sharding_figure(num_keys=bad)
+
+
+def test_the_causal_example_is_a_seeded_causal_chunk():
+    """The chunk's queries are the last positions: query i sees every key up to its own position, no further."""
+    from cblab_teach.advanced.distributed import causal_example
+
+    q, k, v, mask = causal_example(num_queries=3, num_keys=5, num_heads=4, num_kv_heads=2, head_dim=8, seed=1)
+    assert (q.shape, k.shape, v.shape) == ((1, 3, 4, 8), (1, 5, 2, 8), (1, 5, 2, 8))
+    assert mask.tolist() == [[[True, True, True, False, False], [True] * 4 + [False], [True] * 5]]
+    again = causal_example(num_queries=3, num_keys=5, num_heads=4, num_kv_heads=2, head_dim=8, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), again))
+    assert not torch.equal(q, causal_example(num_queries=3, num_keys=5, num_heads=4, head_dim=8, seed=2)[0])
+    whole = causal_example(num_queries=5, num_keys=5)[3]  # a whole prompt in one chunk: the full causal triangle
+    assert torch.equal(whole[0], torch.ones(5, 5, dtype=torch.bool).tril())
+    with pytest.raises(ShardingError, match=r"num_queries \(6\) cannot exceed num_keys \(5\) in a causal chunk"):
+        causal_example(num_queries=6, num_keys=5)
 
 
 # -- bad input ----------------------------------------------------------------------------------------
@@ -186,12 +219,24 @@ def test_bad_sizes_and_shapes_raise_typed_errors():
     q, k, v, mask = _qkv(nk=11)
     with pytest.raises(ShardingError, match=r"\[5, 5\]"):
         sharded_attention(q, k, v, mask, 2, sizes=[5, 5])
+    for sizes, shards in (([5, 6], 3), ([12, -1], 2)):  # both add up to 11: too few shards; a negative one
+        with pytest.raises(ShardingError, match=rf"shard sizes \[{sizes[0]}, {sizes[1]}\] must be {shards} non-neg"):
+            sharded_attention(q, k, v, mask, shards, sizes=sizes)
+    with pytest.raises(ShardingError, match=r"k must be \[batch, keys, kv_heads, head_dim\], got shape \(11, 2, 8\)"):
+        sharded_attention(q, k[0], v[0], mask, 2)
     with pytest.raises(ShardingError, match="mask"):
         partial_attention(q, k, v, mask[:, :, :3])
     with pytest.raises(ShardingError, match="3 KV heads"):
         partial_attention(q, torch.zeros(2, 11, 3, 8), torch.zeros(2, 11, 3, 8), mask)
     with pytest.raises(ShardingError, match="2 partial outputs but 1"):
         merge_partials([q, q], [q[..., 0]])
+    for nothing in ([], torch.zeros(0, 3)):  # no shard at all: a list, or a stacked tensor of none
+        with pytest.raises(ShardingError, match=r"^merge needs at least one shard, got 0$"):
+            merge_weights(nothing)
+    with pytest.raises(ShardingError, match=r"^merge needs at least one shard, got 0$"):
+        merge_partials([], [])
+    with pytest.raises(ShardingError, match=r"^shard 1: out \(5, 4, 8\) and lse \(3, 4\) disagree$"):
+        merge_partials([q[0], q[0]], [q[0, ..., 0], q[0, :3, :, 0]])
     with pytest.raises(ShardingError, match="'diagonal'"):
         ShardedAttentionPlugin(2, mode="diagonal")
     with pytest.raises(ShardingError, match="none of them"):
@@ -249,6 +294,56 @@ def test_sharded_kv_pool_equals_the_engines_attention_on_a_real_mixed_step(model
         # each request's keys are split: some request has keys on more than one shard
         per_request = [set(shard[batch.key_seq_ids == b].tolist()) for b in range(len(batch.request_ids))]
         assert max(len(s) for s in per_request) > 1
+
+
+def test_each_shard_attends_over_its_own_keys_only(mixed_step, monkeypatch):
+    """The work is split, not repeated: shard p's partial attention gets exactly the keys assigned to p. (Giving
+    every shard all keys but its own would still merge to the right output, since each key then counts
+    equally often, so only the keys each partial receives can tell.)"""
+    import cblab_teach.advanced.sharding as sharding
+
+    _, calls = mixed_step
+    c = calls[-1]
+    seen: list[torch.Tensor] = []
+    real = sharding.partial_attention
+
+    def spy(q, k, v, mask):
+        seen.append(k[0].clone())
+        return real(q, k, v, mask)
+
+    monkeypatch.setattr(sharding, "partial_attention", spy)
+    shard = key_shards(c["batch"], 3, "round_robin", block_size=2)
+    out = sharded_ragged_attention(c["q"], c["k"], c["v"], c["batch"], 3, "round_robin", block_size=2)
+    torch.testing.assert_close(out, c["out"], rtol=0, atol=1e-12)
+    assert len(seen) == 3
+    for p, keys in enumerate(seen):
+        assert torch.equal(keys, c["k"][shard == p])
+
+
+@pytest.mark.parametrize("block_size,expected_block", [(None, 2), (3, 3)])
+def test_the_plugin_counts_the_keys_each_shard_attended_over(model64, block_size, expected_block):
+    """Round robin over blocks: the pool's own block size unless one is given. One prefill of 8 tokens, every
+    layer: each key lands on shard (position // block) % shards, counted once per layer."""
+    plugin = ShardedAttentionPlugin(2, mode="round_robin", block_size=block_size)
+    engine = Engine(model64, EngineConfig(block_size=2, num_blocks=16, prefill_chunk_size=8), [plugin])
+    engine.add_request([3, 1, 4, 1, 5, 9, 2, 6], 1)
+    engine.step()
+    layers = model64.config.num_layers
+    per_layer = [sum(1 for pos in range(8) if (pos // expected_block) % 2 == p) for p in range(2)]
+    assert plugin.calls == layers
+    assert plugin.keys_per_shard == [n * layers for n in per_layer]
+    assert plugin.max_abs_error is None and not plugin.verify  # verification is opt-in: no check ran
+
+
+def test_key_shards_check_their_mode_and_block_size(mixed_step):
+    batch = mixed_step[1][0]["batch"]
+    pos = batch.key_positions
+    assert torch.equal(key_shards(batch, 2, "round_robin", block_size=1), pos % 2)  # blocks of one token
+    for bad in (0, 2.5):
+        with pytest.raises(ShardingError, match=rf"^block_size must be an int >= 1, got {bad!r}$"):
+            key_shards(batch, 2, "round_robin", block_size=bad)
+    with pytest.raises(ShardingError, match=r"^mode must be 'contiguous' or 'round_robin', got 'diagonal'$"):
+        key_shards(batch, 2, "diagonal")
 
 
 def test_key_shards_are_balanced_within_each_request(mixed_step):
@@ -316,5 +411,8 @@ def test_distributed_result_prints_a_few_lines_not_its_tensors():
     for key in ("2 ranks", "[48, 48]", "[1, 64, 4, 16]", "matches", "3.5e-17", "ranks agree: True",
                 "66,560 bytes", "798,720 bytes", "12.0x", "1.23 s"):  # fmt: skip
         assert key in text, (key, text)
+    assert "merged output matches full attention: max |error| 3.5e-17" in text
     worse = DistributedResult(**{**res.__dict__, "max_abs_error": 0.25, "ranks_agree": False})
-    assert "differs from" in repr(worse) and "ranks agree: False" in repr(worse)
+    assert "merged output differs from full attention" in repr(worse) and "ranks agree: False" in repr(worse)
+    edge = DistributedResult(**{**res.__dict__, "max_abs_error": 1e-9})
+    assert "differs from" in repr(edge)  # "matches" means an error below 1e-9

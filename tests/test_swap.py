@@ -174,3 +174,40 @@ def test_a_host_pool_needs_blocks(blocks, block_size):
 def test_bad_swap_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         EngineConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("device", "pinned"), [("cpu", False), ("cuda", True), ("cuda:1", True)])
+def test_a_gpu_engine_parks_kv_in_pinned_host_memory(model64, monkeypatch, device, pinned):
+    """Pinned pages let a GPU copy K/V to the host asynchronously; a CPU engine has nothing to pin (and CPU-only
+    torch refuses to pin), so the request is recorded on ``torch.zeros`` rather than run."""
+    import cblab_teach.core.engine as engine_module
+
+    asked: list[bool] = []
+    real_zeros = torch.zeros
+
+    def zeros(*shape, pin_memory=False, **kw):
+        asked.append(pin_memory)
+        return real_zeros(*shape, **kw)
+
+    monkeypatch.setattr(torch, "zeros", zeros)
+    config, cfg = EngineConfig(preemption="swap", num_host_blocks=3, device=device), model64.config
+    pool = engine_module.make_host_pool(model64, config)
+    assert asked == [pinned, pinned]  # K and V
+    assert pool.k.shape == pool.v.shape == (cfg.num_layers, 3 * config.block_size, cfg.kv_heads, cfg.head_dim)
+    assert engine_module.make_host_pool(model64, EngineConfig(device=device)) is None  # recompute: no host pool
+
+
+def test_a_victim_with_one_computed_token_is_swapped_too(model64):
+    """Blocks of one token, three of them: B's one-token prompt is computed, then A's decode needs B's block.
+    B holds K/V for one token, and that one is parked and brought back, not recomputed."""
+    engine = Engine(model64, dataclasses.replace(swap_config(num_blocks=3), block_size=1))
+    a, b = engine.add_request([1, 2], 2), engine.add_request([3], 2)
+    computed_before = {}
+    while engine.has_unfinished():
+        computed_before = {r.request_id: r.num_computed for r in engine.running}
+        if engine.step().preempted:
+            break
+    assert engine.waiting and engine.waiting[0].request_id == b and computed_before[b] == 1
+    engine.run()
+    assert (engine.stats.swap_outs, engine.stats.preemptions, engine.stats.recomputed_tokens) == (1, 1, 0)
+    assert [engine.output(a), engine.output(b)] == [greedy(model64, [1, 2], 2), greedy(model64, [3], 2)]

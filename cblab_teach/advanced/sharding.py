@@ -112,9 +112,9 @@ def merge_weights(lses: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Te
     lses: P tensors ``[...]`` (or one stacked ``[P, ...]``). Returns ``weights [P, ...]``
     (summing to 1 wherever any shard saw a key, 0 where none did) and ``lse [...]``.
     """
-    stacked = torch.stack(list(lses)) if not isinstance(lses, torch.Tensor) else lses
-    if stacked.shape[0] == 0:
+    if len(lses) == 0:  # before stacking: torch.stack of nothing is a bare RuntimeError
         raise ShardingError("merge needs at least one shard, got 0")
+    stacked = lses if isinstance(lses, torch.Tensor) else torch.stack(list(lses))
     total = torch.logsumexp(stacked, dim=0)  # -inf only where every shard is -inf
     finite = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
     return torch.exp(stacked - finite), total  # exp(-inf - x) = 0: an empty shard weighs nothing
@@ -186,7 +186,9 @@ def sharded_attention(
     or the given ``sizes`` (unequal, zeros allowed; they must add up to the number of keys).
     """
     _check_num_shards(num_shards)
-    num_keys = k.shape[1] if k.dim() == 4 else -1
+    if k.dim() != 4:
+        raise ShardingError(f"k must be [batch, keys, kv_heads, head_dim], got shape {tuple(k.shape)}")
+    num_keys = k.shape[1]
     if sizes is None:
         sizes = shard_sizes(num_keys, num_shards)
     sizes = list(sizes)
@@ -253,7 +255,7 @@ class ShardedAttentionPlugin(AttentionPlugin):
 
     Greedy outputs with this plugin equal the plain engine's: the merge is exact.
     ``verify=True`` also runs the engine's own attention and keeps the largest
-    difference seen in ``max_abs_error`` (a live check, for notebooks).
+    difference seen in ``max_abs_error`` (a live check, for notebooks; ``None`` while no check has run).
     """
 
     def __init__(
@@ -267,7 +269,7 @@ class ShardedAttentionPlugin(AttentionPlugin):
         self.block_size = block_size
         self.verify = verify
         self.calls = 0
-        self.max_abs_error = 0.0
+        self.max_abs_error: float | None = None
         self.keys_per_shard = [0] * num_shards  # keys each shard attended over, summed over calls
 
     def attend(self, layer: int, q: torch.Tensor, ctx: StepContext, default: AttentionFn) -> torch.Tensor:
@@ -279,8 +281,8 @@ class ShardedAttentionPlugin(AttentionPlugin):
         out = sharded_ragged_attention(q, k, v, ctx.batch, self.num_shards, self.mode, block_size)
         self.calls += 1
         if self.verify:
-            err = (out - default(layer, q, ctx)).abs().max().item() if out.numel() else 0.0
-            self.max_abs_error = max(self.max_abs_error, err)
+            err = (out - default(layer, q, ctx)).abs().max().item()
+            self.max_abs_error = max(self.max_abs_error or 0.0, err)
         return out
 
 

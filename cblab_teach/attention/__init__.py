@@ -1,7 +1,7 @@
 """Attention kernels in plain PyTorch: masked, ragged, segmented and paged."""
 
 from .masked import attention_probs, expand_kv_heads, leaky_clamp_attention, masked_attention
-from .paged import gather_by_flatten, gather_from_block_table, paged_attention
+from .paged import gather_by_flatten, gather_from_block_table
 from .ragged import ragged_attention, segment_layout, segmented_attention
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "gather_from_block_table",
     "leaky_clamp_attention",
     "masked_attention",
-    "paged_attention",
     "ragged_attention",
     "segment_layout",
     "segmented_attention",

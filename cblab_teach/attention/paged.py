@@ -15,7 +15,6 @@ import torch
 
 from ..core.batch_builder import RaggedBatch
 from ..core.kv_cache import KVCache
-from .ragged import segmented_attention
 
 
 def gather_from_block_table(cache: KVCache, layer: int, batch: RaggedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +33,3 @@ def gather_by_flatten(cache: KVCache, layer: int, batch: RaggedBatch) -> tuple[t
         vs.append(v[:n])
     return torch.cat(ks), torch.cat(vs)
 
-
-def paged_attention(
-    q: torch.Tensor, cache: KVCache, layer: int, batch: RaggedBatch, via_flatten: bool = False
-) -> torch.Tensor:
-    gather = gather_by_flatten if via_flatten else gather_from_block_table
-    k, v = gather(cache, layer, batch)
-    return segmented_attention(q, k, v, batch)

@@ -296,7 +296,7 @@ class Engine:
                 f"request {rid}: prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds "
                 f"the model's max_position {self.model.config.max_position}"
             )
-        if total - 1 > self.kv.num_slots or not self._fits_empty_pool(total - 1):
+        if total - 1 > self.kv.num_slots:  # a paged pool's slots are its blocks times their size: the same test
             raise CapacityError(
                 f"request {rid} needs {total - 1} KV slots but the whole pool has {self.kv.num_slots}; "
                 "it could never run"
@@ -309,11 +309,6 @@ class Engine:
                 "temperature >= 0, an int top_k >= 0 and 0 < top_p <= 1)"
             )
         return prompt
-
-    def _fits_empty_pool(self, tokens: int) -> bool:
-        if isinstance(self.kv, PagedAllocator):
-            return self.kv.blocks_for(tokens) <= self.kv.num_blocks
-        return tokens <= self.kv.num_slots
 
     def request(self, request_id: int) -> Request:
         try:

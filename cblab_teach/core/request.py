@@ -109,8 +109,8 @@ class Request:
             self.state = RequestState.DECODE
 
 
-def token_ids(prompt_ids: Iterable, owner: str = "prompt") -> list[int]:
-    """The prompt as a list of Python ints, or a :class:`RequestError` naming the first bad value.
+def token_ids(prompt_ids: Iterable, owner: str) -> list[int]:
+    """The prompt as a list of Python ints, or a :class:`RequestError` naming ``owner`` and the first bad value.
 
     A token id is an integer: Python, numpy or a 0-d integer torch tensor. ``int()`` would truncate 1.5 to 1 and
     turn "3" into 3, silently serving a different prompt."""
