@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lab lab-command test test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutants
+.PHONY: install lab lab-command test test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutants mutants-survivors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,10 +72,24 @@ fuzz: install  # fresh seeds, many examples; prints the shrunk failing example a
 		-q -p no:cacheprovider --hypothesis-seed=$$seed --hypothesis-show-statistics
 
 # mutation testing of core/, attention/, advanced/ against the fast tests (tests/README.md); not in CI.
-# Results are kept in mutants/: a later run re-checks only what changed. ONLY="cblab_teach.core.kv_cache*" narrows it.
+# Verdicts are kept in mutants/: a later run checks only mutants never checked or in functions that changed.
+# ONLY="cblab_teach.core.kv_cache*" re-checks every mutant the pattern names, whatever its verdict;
+# make mutants-survivors re-checks only the survivors (ONLY narrows it too), e.g. after adding tests.
+# Functions that run only in spawned gloo ranks get their launcher's tests (scripts/mutants_in_spawned_ranks.py).
+MUTMUT_RUN = CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2
 mutants: install
 	$(PY) -m pip install -q -e ".[mutants]"
-	CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2 $(if $(ONLY),"$(ONLY)")
+	$(MUTMUT_RUN) $(if $(ONLY),"$(ONLY)")
+	@names=$$($(PY) scripts/mutants_in_spawned_ranks.py | grep -F "$(subst *,,$(ONLY))"); \
+	if [ -n "$$names" ]; then echo "re-checking mutants that run in spawned ranks"; $(MUTMUT_RUN) $$names; fi
+	$(PY) scripts/mutation_score.py
+
+mutants-survivors: install  # an edited test may reach new functions: every test's coverage is taken again first (~1 min)
+	$(PY) -m pip install -q -e ".[mutants]"
+	$(PY) -c 'import json, pathlib; p = pathlib.Path("mutants/mutmut-stats.json"); d = json.loads(p.read_text()); \
+		d["duration_by_test"] = {}; p.write_text(json.dumps(d, indent=4))'
+	@names=$$($(VENV)/bin/mutmut results | grep ': survived$$' | cut -d: -f1 | grep -F "$(subst *,,$(ONLY))"); \
+	if [ -z "$$names" ]; then echo "no survivors to re-check"; else $(MUTMUT_RUN) $$names; fi
 	$(PY) scripts/mutation_score.py
 
 lint: install

@@ -351,3 +351,31 @@ def test_each_setting_runs_its_own_attention_path(model64, monkeypatch, settings
     prompts = [[1, 2, 3, 4, 5], [6, 7]]
     assert engine.generate(prompts, 3) == [greedy(model64, p, 3) for p in prompts]  # the no-cache reference
     assert called == runs
+
+
+def test_a_decode_only_step_hands_back_the_decode_kernels_output_uncopied(model64, monkeypatch):
+    """A step of decodes only is one group: pool_attention returns the kernel's output itself, with no output
+    buffer to fill. A step with a prefill fills a buffer group by group. (Same numbers either way, so only
+    the identity of the returned tensor tells the two paths apart.)"""
+    from cblab_teach.attention import fast
+    from cblab_teach.model import tiny_lm
+
+    kernel_outputs = [torch.empty(0)]  # nothing from a pool_attention call can be this
+    uncopied: list[bool] = []
+    decode, pool = fast._decode_attention, tiny_lm.pool_attention
+    monkeypatch.setattr(fast, "_decode_attention", lambda *a: kernel_outputs.append(decode(*a)) or kernel_outputs[-1])
+    monkeypatch.setattr(
+        tiny_lm, "pool_attention", lambda *a: (lambda out: uncopied.append(out is kernel_outputs[-1]) or out)(pool(*a))
+    )
+    engine = Engine(model64, EngineConfig(max_tokens_per_step=16, prefill_chunk_size=8))
+    a, b = engine.add_request([1, 2, 3, 4, 5], 3), engine.add_request([6, 7], 3)
+    layers = model64.config.num_layers
+    engine.step()  # both prompts: prefill only
+    assert uncopied == [False] * layers
+    engine.step()  # both decode
+    assert uncopied == [False] * layers + [True] * layers
+    engine.add_request([8, 9, 10], 2)
+    engine.step()  # two decodes and a prefill: the buffer again
+    assert uncopied[2 * layers :] == [False] * layers
+    engine.run()
+    assert [engine.output(a), engine.output(b)] == [greedy(model64, [1, 2, 3, 4, 5], 3), greedy(model64, [6, 7], 3)]

@@ -177,6 +177,14 @@ def test_small_answers_for_requests_and_pools_at_their_edges():
     kv.ensure(2, 4)  # another request takes the last free block
     with pytest.raises(KVCacheError, match="exhausted while growing request 1"):
         kv.copy_on_write(1, 6, 7)  # the shared second block needs a private copy, and no block is free
+    tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    for flag, reused in (({}, 0), ({"enable_prefix_caching": True}, 8)):  # prefix caching is off unless asked for
+        pool = PagedAllocator(1, 1, 2, num_blocks=4, block_size=4, **flag)
+        pool.admit(0, 9, reserve=False)
+        pool.claim_prefix(0, tokens)
+        pool.ensure(0, 8)
+        pool.register_full_blocks(0, tokens)
+        assert pool.cached_prefix(tokens) == reused
     dense = DenseKVCache(1, 2, 4, num_slots=8, dtype=torch.float64)
     dense.admit(0, 5)
     dense.ensure(0, 3)

@@ -60,7 +60,7 @@ class Recorder(SchedulerPlugin, AttentionPlugin, CachePlugin):
         return default(layer, q, ctx)
 
     def before_append(self, layer, k, v, batch):
-        self.log.append((self.tag, "before_append", layer, k.shape[0]))
+        self.log.append((self.tag, "before_append", layer, k.shape[0], list(batch.request_ids)))
         return k, v
 
     def after_append(self, layer, k, v, batch):
@@ -98,7 +98,7 @@ def test_every_hook_fires_in_order_with_the_step_records(model64, workload):
         expected = []
         for layer in range(layers):  # per layer: K/V stored first, then attention reads it
             expected += [
-                ("", "before_append", layer, n_tokens),
+                ("", "before_append", layer, n_tokens, rids),
                 ("", "after_append", layer, n_tokens, rids),
                 ("", "attend", layer, n_tokens, rids),
             ]

@@ -10,6 +10,7 @@ import pytest
 
 from cblab_teach import ConfigError, Engine, EngineConfig, Request, Scheduler
 from cblab_teach.core.kv_cache import PagedAllocator
+from cblab_teach.core.request import RequestState
 from cblab_teach.core.scheduler import check_plan
 
 
@@ -209,6 +210,8 @@ def test_check_plan_rejects_the_plans_a_broken_scheduler_makes():
     reqs = {9: prefill, 1: decoding(1, 1), 2: decoding(2, 2)}
     good = [ScheduledChunk(1, 2, 1, "decode", True), ScheduledChunk(9, 2, 2, "prefill", False)]
     check_plan(StepPlan(budget=3, chunks=list(good)), reqs)
+    done = decoding(3, 3)
+    done.state = RequestState.FINISHED
     broken = {
         r"plan uses 3 > budget 2": StepPlan(budget=2, chunks=list(good)),
         r"request 1 scheduled twice": StepPlan(budget=9, chunks=[good[0], ScheduledChunk(1, 3, 1, "decode", True)]),
@@ -216,10 +219,11 @@ def test_check_plan_rejects_the_plans_a_broken_scheduler_makes():
         r"request 9 starts wrong": StepPlan(budget=9, chunks=[ScheduledChunk(9, 0, 2, "prefill", False)]),
         r"request 9 computes tokens it does not have": StepPlan(
             budget=20, chunks=[ScheduledChunk(9, 2, 9, "prefill", True)]),
+        r"finished request 3 scheduled": StepPlan(budget=9, chunks=[ScheduledChunk(3, 2, 1, "decode", True)]),
     }
     for message, plan in broken.items():
-        with pytest.raises(AssertionError, match=message):
-            check_plan(plan, reqs)
+        with pytest.raises(AssertionError, match=f"^{message}$"):
+            check_plan(plan, reqs | {3: done})
     cached = StepPlan(budget=9, chunks=[ScheduledChunk(9, 4, 2, "prefill", False)], cached_tokens={9: 4})
     check_plan(cached, reqs)  # an admitted request starts after its cached prefix
 

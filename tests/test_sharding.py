@@ -335,6 +335,28 @@ def test_the_plugin_counts_the_keys_each_shard_attended_over(model64, block_size
     assert plugin.max_abs_error is None and not plugin.verify  # verification is opt-in: no check ran
 
 
+BAD_SHAPES = [  # q (2, 5, 4, 8); k, v (2, 11, 2, 8); mask (2, 5, 11): one thing wrong in each row
+    ("v is 3-D", lambda q, k, v, m: (q, k, v[0], m),
+     r"^q, k, v must be \[B, Q, H, D\] / \[B, K, Hkv, D\]; got \(2, 5, 4, 8\), \(2, 11, 2, 8\), \(11, 2, 8\)$"),
+    ("q is 3-D", lambda q, k, v, m: (q[0], k, v, m), r"; got \(5, 4, 8\), \(2, 11, 2, 8\), \(2, 11, 2, 8\)$"),
+    ("k and v differ", lambda q, k, v, m: (q, k, v[:, :10], m),
+     r"^k and v shapes differ: \(2, 11, 2, 8\) vs \(2, 10, 2, 8\)$"),
+    ("batch differs", lambda q, k, v, m: (q, k[:1], v[:1], m),
+     r"^k \(1, 11, 2, 8\) does not match q \(2, 5, 4, 8\) in batch or head_dim$"),
+    ("head_dim differs", lambda q, k, v, m: (q, k[..., :4], v[..., :4], m), r"^k \(2, 11, 2, 4\) does not match q"),
+    ("no KV heads", lambda q, k, v, m: (q, k[:, :, :0], v[:, :, :0], m),
+     r"^4 query heads cannot share 0 KV heads \(grouped-query needs a divisor\)$"),
+    ("mask not bool", lambda q, k, v, m: (q, k, v, m.int()),
+     r"^mask must be bool \[B, Q, K\] = \(2, 5, 11\); got torch.int32 \(2, 5, 11\)$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage,message", [b[1:] for b in BAD_SHAPES], ids=[b[0] for b in BAD_SHAPES])
+def test_partial_attention_names_the_shape_that_is_wrong(damage, message):
+    with pytest.raises(ShardingError, match=message):
+        partial_attention(*damage(*_qkv()))
+
+
 def test_key_shards_check_their_mode_and_block_size(mixed_step):
     batch = mixed_step[1][0]["batch"]
     pos = batch.key_positions

@@ -95,10 +95,7 @@ def partial_attention(
     k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    if scores.shape[-1] == 0:  # an empty shard: nothing to see
-        lse = scores.new_full(scores.shape[:-1], float("-inf"))
-    else:
-        lse = torch.logsumexp(scores, dim=-1)  # [B, H, Q]; -inf where every key is masked
+    lse = torch.logsumexp(scores, dim=-1)  # [B, H, Q]; -inf where every key is masked, or the shard is empty
     finite = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     probs = torch.exp(scores - finite[..., None])  # masked keys: exp(-inf) = 0 exactly
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)

@@ -132,14 +132,14 @@ class KVCache(ABC):
         self._release(request_id)
         del self.lengths[request_id]
 
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request_ids=None) -> None:
-        """Store this step's K/V ``[tokens, heads, dim]`` into their slots."""
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch=None) -> None:
+        """Store this step's K/V ``[tokens, heads, dim]`` into their slots; cache plugins see the step's ``batch``."""
         for plugin in self.plugins:
-            k, v = plugin.before_append(layer, k, v, request_ids)
+            k, v = plugin.before_append(layer, k, v, batch)
         self.k[layer, slots] = k
         self.v[layer, slots] = v
         for plugin in self.plugins:
-            plugin.after_append(layer, k, v, request_ids)
+            plugin.after_append(layer, k, v, batch)
 
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V at ``slots`` (any shape) as ``[*slots.shape, heads, dim]``.
