@@ -306,3 +306,54 @@ def test_can_import_asks_for_exactly_what_admission_needs(model64, preemption):
     seats.add_request([2, 3], 4)
     seats.step()
     assert not seats.can_import(handoff)  # both taken: the hand-over waits for a seat
+
+
+def test_the_server_keeps_each_requests_id_and_end_token_and_records_its_transfer(model64):
+    """An explicit id is the id on both engines; a request whose first token is its end token finishes on the
+    prefill engine and never moves; a moved request's transfer says when and what moved, and while in flight
+    its output is the token it carries."""
+    first = run_alone(model64, [3, 1, 4, 1, 5], 1)[0]
+    server = DisaggregatedServer(model64, EngineConfig(block_size=4), EngineConfig(block_size=4, num_blocks=3))
+    held = server.add_request([9, 9, 9, 9, 9, 9], 4, request_id=3)  # 9 slots: the whole decode pool
+    ends = server.add_request([3, 1, 4, 1, 5], 5, request_id=7, eos_token_id=first)
+    moved = server.add_request([2, 7, 1, 8], 3)
+    assert (held, ends, moved) == (3, 7, 8) and sorted(server.prefill.requests) == [3, 7, 8]
+    server.step()  # all three prefill in one step; 3 moves, 8 waits in flight, 7 has finished
+    assert [h.request_id for h in server.in_flight] == [8] and server.output(8) == server.in_flight[0].output_ids
+    assert server.output(7) == [first] and 7 not in server.transfers
+    t = server.transfers[3]
+    assert (t.request_id, t.blocks, t.tokens, t.prefill_step, t.decode_step) == (3, 2, 6, 0, 0)
+    assert t.nbytes == 6 * kv_bytes_per_token(model64)
+    assert server.transfers[8].decode_step is None  # still in flight
+    server.run()
+    assert server.output(3) == run_alone(model64, [9, 9, 9, 9, 9, 9], 4)
+    assert server.output(8) == run_alone(model64, [2, 7, 1, 8], 3)
+    assert server.transfers[8].decode_step == len(server.decode.records) - 2  # arrived when 3 had finished
+    with pytest.raises(RequestError, match=r"^nothing to run: every request has finished; add_request\(\) first$"):
+        server.step()
+
+
+def test_import_waits_for_the_oldest_request_to_arrive(model64):
+    """``arrived`` models a link: nothing overtakes the oldest request in flight, however much room there is."""
+    server = DisaggregatedServer(model64, EngineConfig(block_size=4), EngineConfig(block_size=4))
+    a, b = server.add_request([1, 2, 3], 3), server.add_request([4, 5], 3)
+    server.prefill.step()
+    assert [h.request_id for h in server.export_ready()] == [a, b]
+    assert server.import_in_flight(arrived=lambda h: h.request_id != a) == []  # b is not allowed past a
+    assert server.import_in_flight(arrived=lambda h: h.request_id == a) == [a]
+    assert server.import_in_flight() == [b]
+    server.run()
+    assert [server.output(a), server.output(b)] == [run_alone(model64, [1, 2, 3], 3), run_alone(model64, [4, 5], 3)]
+
+
+def test_generate_takes_one_length_for_all_or_one_per_prompt(model64):
+    prompts = [[1, 2, 3], [4, 5]]
+    server = DisaggregatedServer(model64, EngineConfig(block_size=4), EngineConfig(block_size=4))
+    assert server.generate(prompts, 2) == [run_alone(model64, p, 2) for p in prompts]
+    message = r"^got 2 prompts but 1 max_new_tokens and 2 sampling params$"
+    with pytest.raises(RequestError, match=message):
+        DisaggregatedServer(model64).generate(prompts, [3])
+    with pytest.raises(RequestError, match=message):  # checked before any process starts
+        run_two_processes(model64, prompts, [3])
+    with pytest.raises(RequestError, match=r"^got 2 prompts but 2 max_new_tokens and 1 sampling params$"):
+        run_two_processes(model64, prompts, 3, sampling=[SamplingParams()])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cblab_teach import DenseKVCache, Engine, EngineConfig, KVCacheError, PagedAllocator
+from cblab_teach import ConfigError, DenseKVCache, Engine, EngineConfig, KVCacheError, PagedAllocator
 
 
 def _fill(cache, rid: int, n: int, seed: int) -> torch.Tensor:
@@ -185,6 +185,8 @@ def test_small_answers_for_requests_and_pools_at_their_edges():
         pool.ensure(0, 8)
         pool.register_full_blocks(0, tokens)
         assert pool.cached_prefix(tokens) == reused
+    with pytest.raises(ConfigError, match=r"^a KV cache needs at least one slot, got 0$"):
+        DenseKVCache(1, 2, 4, num_slots=0)
     dense = DenseKVCache(1, 2, 4, num_slots=8, dtype=torch.float64)
     dense.admit(0, 5)
     dense.ensure(0, 3)

@@ -185,7 +185,12 @@ def test_a_handed_over_request_keeps_its_adapter(model, adapters, merged):
     rid = first.add_request(prompt, 7, adapter="attn")
     while not first.request(rid).output_ids:
         first.step()
-    second.import_prefilled(first.export_prefilled(rid))
+    handoff = first.export_prefilled(rid)
+    without = Engine(model, EngineConfig(kv_layout="dense"))  # no adapter of that name: refused, nothing added
+    with pytest.raises(UnknownAdapterError, match=rf"^request {rid}: unknown adapter 'attn'; add it with add_adapter$"):
+        without.import_prefilled(handoff)
+    assert not without.requests
+    second.import_prefilled(handoff)
     second.run()
     assert second.output(rid) == run_alone(merged["attn"], prompt, 7)
 

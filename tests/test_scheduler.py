@@ -123,7 +123,7 @@ def test_bad_scheduler_settings_are_rejected(kwargs):
     """The error names the setting and its value: a float, a bool or a string is not a token count."""
     args = dict(max_tokens_per_step=4, prefill_chunk_size=2) | kwargs
     (name, value), = kwargs.items()
-    with pytest.raises(ConfigError, match=re.escape(name) + ".*" + re.escape(repr(value))):
+    with pytest.raises(ConfigError, match="^" + re.escape(name) + ".*" + re.escape(repr(value))):
         Scheduler(**args)
 
 

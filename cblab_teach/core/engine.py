@@ -276,7 +276,7 @@ class Engine:
                 self.waiting.remove(self.requests[rid])
         return ids
 
-    def _validate(self, prompt_ids, max_new_tokens, rid, sampling, priority=0) -> list[int]:
+    def _validate(self, prompt_ids, max_new_tokens, rid, sampling, priority) -> list[int]:
         if not isinstance(rid, int) or isinstance(rid, bool):
             raise RequestError(f"request_id must be an int, got {rid!r}")
         if rid in self.requests:
