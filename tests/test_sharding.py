@@ -239,8 +239,11 @@ def test_bad_sizes_and_shapes_raise_typed_errors():
         merge_partials([q[0], q[0]], [q[0, ..., 0], q[0, :3, :, 0]])
     with pytest.raises(ShardingError, match="'diagonal'"):
         ShardedAttentionPlugin(2, mode="diagonal")
-    with pytest.raises(ShardingError, match="none of them"):
+    with pytest.raises(ShardingError, match=r"^give all of q, k, v and mask, or none of them$"):
         run_distributed(2, q=q)
+    for bad in (0, True, 2.0):  # refused before any process starts
+        with pytest.raises(ShardingError, match=rf"^world_size must be an int >= 1, got {bad!r}$"):
+            run_distributed(bad)
     assert issubclass(ShardingError, CBLabError)
 
 
