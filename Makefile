@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lab lab-command test test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutants mutants-survivors
+.PHONY: install lab lab-command test test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,15 +77,16 @@ fuzz: install  # fresh seeds, many examples; prints the shrunk failing example a
 # make mutants-survivors re-checks only the survivors (ONLY narrows it too), e.g. after adding tests.
 # Functions that run only in spawned gloo ranks get their launcher's tests (scripts/mutants_in_spawned_ranks.py).
 MUTMUT_RUN = CBLAB_PROPERTY_EXAMPLES=30 nice -n 19 $(VENV)/bin/mutmut run --max-children 2
-mutants: install
+mutmut: install
 	$(PY) -m pip install -q -e ".[mutants]"
+
+mutants: mutmut
 	$(MUTMUT_RUN) $(if $(ONLY),"$(ONLY)")
 	@names=$$($(PY) scripts/mutants_in_spawned_ranks.py | grep -F "$(subst *,,$(ONLY))"); \
 	if [ -n "$$names" ]; then echo "re-checking mutants that run in spawned ranks"; $(MUTMUT_RUN) $$names; fi
 	$(PY) scripts/mutation_score.py
 
-mutants-survivors: install  # an edited test may reach new functions: every test's coverage is taken again first (~1 min)
-	$(PY) -m pip install -q -e ".[mutants]"
+mutants-survivors: mutmut  # an edited test may reach new functions: every test's coverage is taken again first (~1 min)
 	$(PY) -c 'import json, pathlib; p = pathlib.Path("mutants/mutmut-stats.json"); d = json.loads(p.read_text()); \
 		d["duration_by_test"] = {}; p.write_text(json.dumps(d, indent=4))'
 	@names=$$($(VENV)/bin/mutmut results | grep ': survived$$' | cut -d: -f1 | grep -F "$(subst *,,$(ONLY))"); \

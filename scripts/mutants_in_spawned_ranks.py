@@ -12,9 +12,10 @@ and the next ``make mutants`` writes them again.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from mutation_score import mutant_states  # scripts/ is on sys.path when run as a script
 
 STATS = Path("mutants/mutmut-stats.json")
 DISTRIBUTED, DISAGGREGATED = "cblab_teach.advanced.distributed.x_", "cblab_teach.advanced.disaggregated.x_"
@@ -40,10 +41,7 @@ def main() -> int:
             return 1
         tests[function] = reached
     STATS.write_text(json.dumps(stats, indent=4))
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
-    listing = subprocess.run([mutmut, "results", "--all", "true"], check=True, capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        name, _, state = line.strip().rpartition(": ")
+    for name, state in mutant_states():
         if state in ("no tests", "not checked") and name.split("__mutmut_")[0] in SPAWNED_BY:
             print(name)
     return 0

@@ -16,15 +16,18 @@ CAUGHT = {"killed", "timeout"}
 CHECKED = CAUGHT | {"survived", "no tests", "suspicious", "segfault"}
 
 
-def main() -> int:
+def mutant_states() -> list[tuple[str, str]]:
+    """``(mutant name, state)`` of every mutant mutmut knows, from ``mutmut results --all true``."""
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     listing = subprocess.run([mutmut, "results", "--all", "true"], check=True, capture_output=True, text=True).stdout
+    states = [line.strip().rpartition(": ")[::2] for line in listing.splitlines()]
+    return [(name, state) for name, state in states if "__mutmut_" in name]
+
+
+def main() -> int:
     status: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     survivors: collections.Counter = collections.Counter()
-    for line in listing.splitlines():
-        name, _, state = line.strip().rpartition(": ")
-        if "__mutmut_" not in name:
-            continue
+    for name, state in mutant_states():
         package = ".".join(name.split(".")[:2])  # cblab_teach.core, cblab_teach.attention, ...
         status[package][state] += 1
         if state == "survived":

@@ -140,15 +140,13 @@ class TinyLM(nn.Module):
         return q, k, attn.v_proj(x).view(n, cfg.kv_heads, cfg.head_dim)
 
     def _attend(self, layer: int, block: Block, x: torch.Tensor, cos, sin, ctx: StepContext) -> torch.Tensor:
-        cfg, attn = self.config, block.self_attn
-        n = x.shape[0]
         q, k, v = self.qkv(block, x, cos, sin)
         ctx.cache.write(layer, ctx.write_slots, k, v, ctx.batch)
         if self.attention_hook is not None:
             out = self.attention_hook(layer, q, ctx)
         else:
             out = self.attend_cached(layer, q, ctx)
-        return attn.o_proj(out.reshape(n, cfg.num_heads * cfg.head_dim))
+        return block.self_attn.o_proj(out.reshape(x.shape[0], -1))
 
     @staticmethod
     def attend_cached(layer: int, q: torch.Tensor, ctx: StepContext) -> torch.Tensor:
