@@ -33,8 +33,12 @@ lab-command:  # print make lab's command line
 
 # the suite's checks never touch the learner's progress file
 test test-fast: export CBLAB_TEACH_PROGRESS := off
+# engine tests once more under python -O (asserts stripped): no engine invariant may hang on an assert
+OPTIMIZED_TESTS := tests/test_crossings.py tests/test_preemption.py tests/test_parallel_sampling.py \
+	tests/test_swap.py tests/test_prefix_cache.py
 test: install
 	$(PY) -m pytest tests -q
+	$(PY) -O -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning $(OPTIMIZED_TESTS)
 	@nbs=$$(ls notebooks/*.ipynb solutions/*.ipynb exercises/*.ipynb 2>/dev/null); \
 	if [ -n "$$nbs" ]; then $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_no_warnings --nbval-lax \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $$nbs; fi

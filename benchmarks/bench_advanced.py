@@ -12,9 +12,9 @@ import statistics
 import time
 
 import plotly.graph_objects as go
+import torch
 
 from cblab_teach import Engine, EngineConfig, ModelConfig, SamplingParams, TinyLM
-from cblab_teach.core.speculative import propose_by_recompute
 from cblab_teach.demo_model import load_char_model
 from cblab_teach.workloads import make_workload
 
@@ -121,6 +121,21 @@ def preemption(model: TinyLM, quick: bool) -> tuple[dict, go.Figure, list[dict]]
     metrics = {f"preempt_{r['blocks']}_blocks_preemptions": r["preemptions"] for r in rows}
     metrics |= {f"preempt_{r['blocks']}_blocks_recompute_share": r["recompute_share"] for r in rows}
     return metrics, fig, rows
+
+
+@torch.no_grad()
+def propose_by_recompute(draft_model: TinyLM, requests, k) -> dict[int, list[int]]:
+    """The plain way, before the draft proposer kept a cache: a fresh engine on the draft model prefills every
+    request's whole history, then decodes its guesses."""
+    active = [(r, n) for r, n in zip(requests, k) if n > 0]
+    if not active:
+        return {}
+    longest = max(r.num_tokens + n for r, n in active)
+    engine = Engine(draft_model, EngineConfig(max_tokens_per_step=longest * len(active), prefill_chunk_size=longest,
+                                              kv_layout="dense", num_blocks=len(active) * longest + 1, block_size=1))
+    ids = {engine.add_request(r.all_ids, n): r.request_id for r, n in active}
+    engine.run()
+    return {rid: engine.output(i) for i, rid in ids.items()}
 
 
 def _cpu(fn):

@@ -49,7 +49,7 @@ def measure(model, concurrency: int, prompt_len, new_tokens: int) -> dict:
         patched(tiny_lm.StepContext, "__init__", timer.wrap("step_context")),
         patched(engine.model, "forward", timer.wrap("forward")),
         patched(engine.model, "attend_cached", timer.wrap("attention")),
-        patched(engine, "_sample", timer.wrap("sample")),
+        patched(engine_module, "sample_step", timer.wrap("sample")),
         patched(engine, "_commit", timer.wrap("commit")),
     ):
         records = engine.run()

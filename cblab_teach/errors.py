@@ -43,3 +43,9 @@ class UnknownAdapterError(AdapterError, RequestError):
 
 class DuplicateAdapterError(AdapterError):
     """An adapter name is already registered with the engine."""
+
+
+class InvariantError(CBLabError):
+    """The engine's own bookkeeping disagrees with itself: a bug, reported instead of computing wrong tokens.
+
+    Raised where a bare ``assert`` would vanish under ``python -O``."""

@@ -35,7 +35,10 @@ from cblab_teach import (
     TinyLM,
     UnknownRequestError,
 )
+from cblab_teach.advanced.lora import LoRAAdapter
+from cblab_teach.errors import AdapterError
 from cblab_teach.plugins.base import AttentionPlugin, CachePlugin, SchedulerPlugin
+from cblab_teach.production import GPUS, MODEL_SHAPES, GPUSpec, ModelShape
 from cblab_teach.viz import (
     NoRecordsError,
     NotPagedError,
@@ -245,6 +248,30 @@ class KeyTrimmingCache(ForgetfulCache):
         return k, v
 
 
+# -- outer modules: real model shapes, GPU specs, LoRA adapters --------------------------------------
+
+
+def shape(**change) -> ModelShape:
+    """Llama-3.1-8B with ``change`` applied (``replace`` runs the same checks as the constructor)."""
+    return replace(MODEL_SHAPES["Llama-3.1-8B"], **change)
+
+
+def gpu(**change) -> GPUSpec:
+    return replace(GPUS["H100-SXM"], **change)
+
+
+def lora_with(matrix: str, layer: int, value: float) -> Callable[[Ctx], LoRAAdapter]:
+    """A rank-2 q_proj adapter for the serving model whose ``matrix`` (A or B) of ``layer`` holds ``value``."""
+
+    def trigger(ctx: Ctx) -> LoRAAdapter:
+        good = LoRAAdapter.random(ctx.model, rank=2, targets=("q_proj",))
+        weights = {"A": [t.clone() for t in good.A["q_proj"]], "B": [t.clone() for t in good.B["q_proj"]]}
+        weights[matrix][layer][1, 0] = value
+        return LoRAAdapter(2, 2.0, {"q_proj": weights["A"]}, {"q_proj": weights["B"]})
+
+    return trigger
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 ROWS = [
@@ -426,6 +453,73 @@ ROWS = [
     Row("viz: no records", lambda c: budget_figure([]), NoRecordsError, r"no StepRecords to draw"),
     Row("viz: block map of a dense run", lambda c: block_map_figure(c.records("dense")), NotPagedError,
         r"these records have no block tables .*kv_layout='paged'"),
+    # outer modules: ModelConfig field types, production ModelShape / GPUSpec, LoRA adapters
+    Row("model: kv heads is a string", lambda c: ModelConfig(num_kv_heads="2"), ConfigError,
+        r"^ModelConfig\.num_kv_heads must be None or a positive int, got '2'$"),
+    Row("model: kv heads is a float", lambda c: ModelConfig(num_kv_heads=2.0), ConfigError,
+        r"^ModelConfig\.num_kv_heads must be None or a positive int, got 2\.0$"),
+    Row("model: zero kv heads", lambda c: ModelConfig(num_kv_heads=0), ConfigError,
+        r"^ModelConfig\.num_kv_heads must be None or a positive int, got 0$"),
+    Row("model: bool layer count", lambda c: ModelConfig(num_layers=True), ConfigError,
+        r"^ModelConfig\.num_layers must be a positive int, got True$"),
+    Row("model: bool rope_theta", lambda c: ModelConfig(rope_theta=True), ConfigError,
+        r"^ModelConfig\.rope_theta must be a finite number > 0, got True$"),
+    Row("model: infinite rms_norm_eps", lambda c: ModelConfig(rms_norm_eps=float("inf")), ConfigError,
+        r"^ModelConfig\.rms_norm_eps must be a finite number > 0, got inf$"),
+    Row("model shape: zero kv heads", lambda c: shape(kv_heads=0), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': kv_heads must be an int >= 1, got 0$"),
+    Row("model shape: negative layers", lambda c: shape(layers=-2), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': layers must be an int >= 1, got -2$"),
+    Row("model shape: float head_dim", lambda c: shape(head_dim=128.0), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': head_dim must be an int >= 1, got 128\.0$"),
+    Row("model shape: bool params", lambda c: shape(params=True), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': params must be an int >= 1, got True$"),
+    Row("model shape: string q heads", lambda c: shape(q_heads="32"), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': q_heads must be an int >= 1, got '32'$"),
+    Row("model shape: zero sliding window", lambda c: shape(sliding_window=0, sliding_layers=2), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': sliding_window must be None or an int >= 1, got 0$"),
+    Row("model shape: negative sliding layers", lambda c: shape(sliding_layers=-1), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': sliding_layers must be an int in \[0, layers=32\], got -1$"),
+    Row("model shape: more sliding layers than layers", lambda c: shape(sliding_window=4096, sliding_layers=33),
+        ConfigError, r"sliding_layers must be an int in \[0, layers=32\], got 33$"),
+    Row("model shape: sliding layers without a window", lambda c: shape(sliding_layers=4), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': sliding_layers=4 needs a sliding_window, got None$"),
+    Row("model shape: q heads not a multiple of kv heads", lambda c: shape(kv_heads=5), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': q_heads=32 is not a multiple of kv_heads=5$"),
+    Row("model shape: more active params than params", lambda c: shape(active_params=9_000_000_000), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': active_params=9000000000 exceeds params=8030261248$"),
+    Row("model shape: MLA latent without its value width", lambda c: shape(kv_latent_dim=576), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': MLA needs kv_latent_dim and v_head_dim together, got 576 and None$"),
+    Row("gpu: zero bandwidth", lambda c: gpu(bandwidth_gbs=0), ConfigError,
+        r"^GPUSpec 'H100-SXM': bandwidth_gbs must be a finite number > 0, got 0$"),
+    Row("gpu: negative memory", lambda c: gpu(memory_gb=-80), ConfigError,
+        r"^GPUSpec 'H100-SXM': memory_gb must be a finite number > 0, got -80$"),
+    Row("gpu: string throughput", lambda c: gpu(bf16_tflops="989"), ConfigError,
+        r"^GPUSpec 'H100-SXM': bf16_tflops must be a finite number > 0, got '989'$"),
+    Row("gpu: bool throughput", lambda c: gpu(int8_tops=True), ConfigError,
+        r"^GPUSpec 'H100-SXM': int8_tops must be a finite number > 0, got True$"),
+    Row("gpu: NaN bandwidth", lambda c: gpu(bandwidth_gbs=float("nan")), ConfigError,
+        r"^GPUSpec 'H100-SXM': bandwidth_gbs must be a finite number > 0, got nan$"),
+    Row("gpu: zero fp8", lambda c: gpu(fp8_tflops=0.0), ConfigError,
+        r"^GPUSpec 'H100-SXM': fp8_tflops must be None \(no FP8\) or a finite number > 0, got 0\.0$"),
+    Row("lora: string seed", lambda c: LoRAAdapter.random(c.model, seed="x"), AdapterError,
+        r"^LoRAAdapter\.random: seed must be an int in \[-2\*\*63, 2\*\*64\), got 'x'$"),
+    Row("lora: bool seed", lambda c: LoRAAdapter.random(c.model, seed=True), AdapterError,
+        r"seed must be an int in .*got True$"),
+    Row("lora: seed past torch's range", lambda c: LoRAAdapter.random(c.model, seed=2**64), AdapterError,
+        r"seed must be an int in .*got 18446744073709551616$"),
+    Row("lora: NaN std", lambda c: LoRAAdapter.random(c.model, std=float("nan")), AdapterError,
+        r"^LoRAAdapter\.random: std must be a finite number >= 0, got nan$"),
+    Row("lora: string std", lambda c: LoRAAdapter.random(c.model, std="0.1"), AdapterError,
+        r"^LoRAAdapter\.random: std must be a finite number >= 0, got '0\.1'$"),
+    Row("lora: string alpha", lambda c: LoRAAdapter.random(c.model, alpha="2"), AdapterError,
+        r"^LoRA alpha must be a finite number > 0, got '2'$"),
+    Row("lora: NaN in A", lora_with("A", 1, float("nan")), AdapterError,
+        r"^q_proj layer 1: A\[1, 0\] is nan; LoRA weights must be finite$"),
+    Row("lora: inf in B", lora_with("B", 0, float("-inf")), AdapterError,
+        r"^q_proj layer 0: B\[1, 0\] is -inf; LoRA weights must be finite$"),
+    Row("lora: weights overflow float32", lambda c: lora_with("A", 0, 1e300)(c).to(torch.float32), AdapterError,
+        r"^q_proj layer 0: A\[1, 0\] is inf; LoRA weights must be finite$"),  # finite in float64, not in float32
 ]  # fmt: skip
 
 

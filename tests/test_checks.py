@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -532,6 +533,44 @@ def test_command_line_lists_and_checks_a_solution_notebook():
         [sys.executable, "-m", "cblab_teach.checks", "ex99_nope"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode != 0 and "valid names" in bad.stderr
+
+
+NOT_NOTEBOOKS = [
+    ("not JSON", b"print('hello')", r"not valid JSON: Expecting value: line 1 column 1"),
+    ("JSON without cells", b'{"hello": "not a notebook"}', r"not a Jupyter notebook: no \"cells\" list"),
+    ("a JSON list", b"[1, 2]", r"not a Jupyter notebook: no \"cells\" list"),
+    ("cells is not a list", b'{"cells": "x = 1"}', r"not a Jupyter notebook: no \"cells\" list"),
+    ("a cell without a type", b'{"cells": [{"source": "x = 1"}]}', r"not a Jupyter notebook: cell 0 is not a cell"),
+    ("a code cell without source", b'{"cells": [{"cell_type": "code"}]}', r"not a Jupyter notebook: cell 0 is not"),
+    ("source of numbers", b'{"cells": [{"cell_type": "code", "source": [1, 2]}]}', r"cell 0 is not a cell"),
+    ("not UTF-8", b"\xff\xfe\x00", r"cannot read the file: 'utf-8' codec can't decode byte 0xff"),
+]
+
+
+@pytest.mark.parametrize("content,message", [n[1:] for n in NOT_NOTEBOOKS], ids=[n[0] for n in NOT_NOTEBOOKS])
+def test_a_notebook_that_is_not_one_is_a_one_line_error_naming_it(tmp_path, content, message):
+    from cblab_teach.checks.__main__ import main
+
+    path = tmp_path / "answer.ipynb"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as info:
+        main(["ex03_chunked_prefill", "--notebook", str(path)])
+    text = str(info.value.code)
+    assert isinstance(info.value.code, str) and "\n" not in text, text  # a message: Python exits with status 1
+    assert text.startswith(f"{path}: ") and re.search(message, text), text
+
+
+def test_the_command_line_names_a_file_that_is_not_a_notebook_without_a_traceback(tmp_path):
+    path = tmp_path / "notes.ipynb"
+    path.write_text("my notes, not a notebook", encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "cblab_teach.checks", "ex03_chunked_prefill", "--notebook", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [f"{path}: not valid JSON: Expecting value: line 1 column 1 (char 0)"]
 
 
 def test_own_merge_reference_agrees_with_the_sharding_module():

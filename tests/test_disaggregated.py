@@ -239,7 +239,7 @@ def test_an_imported_request_keeps_what_it_was_and_joins_the_queue_order(model64
     assert target.import_prefilled(handoff) == 7
     req = target.request(7)
     assert (req.priority, req.eos_token_id, req.state.value) == (2, 96, "decode")
-    assert req.arrival == 1 and target._arrivals == 2  # after the request already there, before any new one
+    assert req.arrival == 1 and target.intake.arrivals == 2  # after the request already there, before any new one
     assert req.arrival_time == handoff.arrival_time and req.arrival_step == 1
     assert req.num_computed == 5 and req.output_ids == handoff.output_ids
     assert target.kv.reserved_blocks[7] == (0 if preemption else math.ceil((5 + 6 - 1) / 4))

@@ -26,7 +26,6 @@ from cblab_teach.core.speculative import (
     DraftModelProposer,
     PromptLookupProposer,
     lookup_by_scan,
-    propose_by_recompute,
 )
 from cblab_teach.model.tiny_lm import StepContext
 from cblab_teach.monitoring.step_profile import (
@@ -300,7 +299,8 @@ def test_draft_proposer_with_its_own_cache_equals_recomputing_every_history(mode
     class Checked:
         def propose(self, requests, k):
             got = kept.propose(requests, k)
-            fresh = propose_by_recompute(draft, requests, k)  # a fresh engine prefills every history
+            # the independent reference: each history recomputed in full, no cache, for every guess
+            fresh = {r.request_id: greedy(draft, r.all_ids, n) for r, n in zip(requests, k) if n > 0}
             assert got == fresh
             seen.append(sum(r.num_tokens for r, n in zip(requests, k) if n > 0))
             return got

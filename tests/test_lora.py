@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cblab_teach import CBLabError, ConfigError, Engine, EngineConfig, ModelConfig, TinyLM
-from cblab_teach.advanced.lora import PROJECTIONS, LoRAAdapter, LoRALinear, projection
+from cblab_teach.advanced.lora import PROJECTIONS, LoRAAdapter, LoRALinear, projection, router_of
 from cblab_teach.errors import AdapterError, DuplicateAdapterError, UnknownAdapterError
 from cblab_teach.workloads import make_workload
 
@@ -163,17 +163,17 @@ def test_rows_are_grouped_by_adapter(model, adapters):
     for i, name in enumerate(route):
         engine.add_request([1 + i] * (i + 2), 2, adapter=name)
     seen = []
-    original = engine._lora.begin
+    original = router_of(engine).begin
 
     def spy(batch, requests):
         original(batch, requests)
-        seen.append({name: rows.tolist() for name, rows, _ in engine._lora.groups(batch, requests)})
+        seen.append({name: rows.tolist() for name, rows, _ in router_of(engine).groups(batch, requests)})
 
-    engine._lora.begin = spy
+    router_of(engine).begin = spy
     engine.step()
     # prompts of 2, 3, 4, 5 tokens, concatenated: rows 0-1 | 2-4 | 5-8 | 9-13
     assert seen[0] == {"attn": [9, 10, 11, 12, 13], "mlp": [0, 1, 5, 6, 7, 8]}
-    assert engine._lora.slot.active is None  # cleared after the forward
+    assert router_of(engine).slot.active is None  # cleared after the forward
 
 
 def test_a_handed_over_request_keeps_its_adapter(model, adapters, merged):
@@ -187,7 +187,7 @@ def test_a_handed_over_request_keeps_its_adapter(model, adapters, merged):
         first.step()
     handoff = first.export_prefilled(rid)
     without = Engine(model, EngineConfig(kv_layout="dense"))  # no adapter of that name: refused, nothing added
-    with pytest.raises(UnknownAdapterError, match=rf"^request {rid}: unknown adapter 'attn'; add it with add_adapter$"):
+    with pytest.raises(UnknownAdapterError, match=rf"^request {rid}: unknown adapter 'attn'; known: \[\] \(add_adapter first\)$"):
         without.import_prefilled(handoff)
     assert not without.requests
     second.import_prefilled(handoff)

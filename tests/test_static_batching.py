@@ -62,11 +62,13 @@ def test_the_progress_bar_counts_batches_and_changes_nothing(model64, capsys):
     [
         (lambda e: e.generate(PROMPTS, 2, sampling=SamplingParams(temperature=1.0)), ConfigError,
          r"^StaticBatchingEngine is greedy only$"),
-        (lambda e: e.generate([[1, 2], []], 2), RequestError, r"^prompt 1 is empty or max_new_tokens=2 < 1$"),
-        (lambda e: e.generate([[1, 2]], 0), RequestError, r"^prompt 0 is empty or max_new_tokens=0 < 1$"),
+        (lambda e: e.generate([[1, 2], []], 2), RequestError, r"^prompt 1 is empty; give at least one token id$"),
+        (lambda e: e.generate([[1, 2]], 0), RequestError, r"^prompt 0: max_new_tokens must be an int >= 1, got 0$"),
+        (lambda e: e.generate([[1, 2]], 2.0), RequestError, r"^max_new_tokens must be an int >= 1 or one per prompt, got 2\.0$"),
+        (lambda e: e.generate([[1, 2]], [1.5]), RequestError, r"^prompt 0: max_new_tokens must be an int >= 1, got 1\.5$"),
         (lambda e: e.generate([[1, 97, 98, 99, 100, 101, 102]], 1), RequestError,
          r"^prompt 0: token ids \[97, 98, 99, 100, 101\] are outside the vocabulary$"),
-        (lambda e: e.generate([[1], [2]], [1]), RequestError, r"^got 2 prompts but 1 max_new_tokens$"),
+        (lambda e: e.generate([[1], [2]], [1]), RequestError, r"^got 2 prompts but 1 max_new_tokens and 2 sampling params$"),
     ],
 )
 def test_bad_input_is_refused_with_its_value(model64, call, error, message):

@@ -1,6 +1,7 @@
 """Advanced serving: KV sharding with an exact log-sum-exp merge, disaggregated prefill/decode, many LoRA adapters."""
 
 from .disaggregated import DisaggregatedServer, Transfer, TwoProcessResult, run_two_processes
+from .distributed import run_distributed
 from .lora import LoRAAdapter, LoRALinear
 from .sharding import (
     ShardedAttentionPlugin,
@@ -12,7 +13,6 @@ from .sharding import (
     merge_partials_with_lse,
     merge_weights,
     partial_attention,
-    run_distributed,
     shard_sizes,
     sharded_attention,
     sharded_ragged_attention,

@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from ..core.config import EngineConfig
 from ..core.engine import Engine, StepRecord
+from ..core.intake import generate_args
 from ..core.kv_transfer import KVBlock, PrefilledRequest
 from ..core.request import SamplingParams
 from ..core.scheduler import is_decoding
@@ -77,13 +78,16 @@ class DisaggregatedServer:
         sampling: SamplingParams | None = None,
         priority: int = 0,
         eos_token_id: int | None = None,
+        adapter: str | None = None,
     ) -> int:
-        """Queue a request on the prefill engine; it must also fit the decode engine's pool, where it ends."""
+        """Queue a request on the prefill engine; it must also fit the decode engine, where it ends (and both
+        engines need its adapter: add it to each with ``server.prefill.add_adapter`` and ``server.decode...``)."""
         rid = self._next_id if request_id is None else request_id
         if isinstance(rid, int) and rid in self._ids:
             raise DuplicateRequestError(f"request id {rid} is already in use")
-        self.decode._validate(prompt_ids, max_new_tokens, rid, sampling, priority)  # raises; changes nothing
-        self.prefill.add_request(prompt_ids, max_new_tokens, rid, sampling, priority, eos_token_id)
+        options = dict(request_id=rid, sampling=sampling, priority=priority, eos_token_id=eos_token_id, adapter=adapter)
+        req = self.decode.check_request(prompt_ids, max_new_tokens, **options)  # raises; changes nothing
+        rid = self.prefill.add_request(req.prompt_ids, req.max_new_tokens, **options)
         self._ids.append(rid)
         self._next_id = max(self._next_id, rid + 1)
         return rid
@@ -118,13 +122,15 @@ class DisaggregatedServer:
         return out
 
     def import_in_flight(self, arrived: Callable[[PrefilledRequest], bool] | None = None) -> list[int]:
-        """Move in-flight requests into the decode engine, oldest first, while it has room (and ``arrived``)."""
+        """Move in-flight requests into the decode engine, oldest first, while it has room (and ``arrived``).
+        A hand-over leaves the queue only once its import succeeded: a refused one is never lost."""
         moved = []
         while self.in_flight and self.decode.can_import(self.in_flight[0]):
             if arrived is not None and not arrived(self.in_flight[0]):
                 break
-            h = self.in_flight.popleft()
+            h = self.in_flight[0]
             self.decode.import_prefilled(h)
+            self.in_flight.popleft()
             self.transfers[h.request_id] = replace(self.transfers[h.request_id], decode_step=len(self.decode.records))
             moved.append(h.request_id)
         return moved
@@ -152,12 +158,7 @@ class DisaggregatedServer:
         sampling: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[list[int]]:
         """Serve all prompts; generated ids in input order (the same as ``Engine.generate``)."""
-        n = len(prompts)
-        lengths = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        params = sampling if isinstance(sampling, (list, tuple)) else [sampling] * n
-        if len(lengths) != n or len(params) != n:
-            raise RequestError(f"got {n} prompts but {len(lengths)} max_new_tokens and {len(params)} sampling params")
-        ids = [self.add_request(p, m, sampling=s) for p, m, s in zip(prompts, lengths, params)]
+        ids = [self.add_request(p, m, sampling=s) for p, m, s in zip(*generate_args(prompts, max_new_tokens, sampling))]
         self.run()
         return [self.output(i) for i in ids]
 
@@ -291,11 +292,8 @@ def run_two_processes(
     (``benchmarks/bench_disaggregated.py``) models with a clock per engine.
     """
     prefill_config, decode_config = prefill_config or EngineConfig(), decode_config or EngineConfig()
+    prompts, lengths, params = generate_args(prompts, max_new_tokens, sampling)
     n = len(prompts)
-    lengths = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    params = sampling if isinstance(sampling, (list, tuple)) else [sampling] * n
-    if len(lengths) != n or len(params) != n:
-        raise RequestError(f"got {n} prompts but {len(lengths)} max_new_tokens and {len(params)} sampling params")
     check = DisaggregatedServer(model, prefill_config, decode_config)  # validate here, before any process starts
     requests = []
     for p, m, s in zip(prompts, lengths, params):

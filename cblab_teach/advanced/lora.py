@@ -118,6 +118,10 @@ class LoRAAdapter:
             if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point():
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise AdapterError(f"{where}: {label} must be a 2-D floating tensor, got {got}")
+            bad = (~torch.isfinite(t)).nonzero()  # a NaN or inf would spread to every token of the row
+            if len(bad):
+                i, j = bad[0].tolist()
+                raise AdapterError(f"{where}: {label}[{i}, {j}] is {t[i, j].item()}; LoRA weights must be finite")
         if a.shape[0] != self.rank or b.shape[1] != self.rank:
             raise AdapterError(
                 f"{where}: rank mismatch: A is {list(a.shape)} and B is {list(b.shape)}, "
@@ -170,6 +174,10 @@ class LoRAAdapter:
 
         return LoRAAdapter(self.rank, self.alpha, move(self.A), move(self.B))
 
+    def attach(self, engine: Engine, name: str) -> None:
+        """What ``engine.add_adapter(name, self)`` calls: serve requests that name this adapter."""
+        register_adapter(engine, name, self)
+
     def merged_into(self, model: TinyLM) -> TinyLM:
         """A new plain :class:`TinyLM` with ``W + s * B @ A`` in every targeted projection (``model`` is unchanged)."""
         self.check_fits(model)
@@ -206,6 +214,13 @@ class LoRAAdapter:
             raise AdapterError(
                 f"unknown target projections {unknown or list(targets)}; choose from {list(PROJECTIONS)}"
             )
+        if alpha is not None and (not isinstance(alpha, (int, float)) or isinstance(alpha, bool)):
+            raise AdapterError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")  # float("2") would pass
+        std_ok = isinstance(std, (int, float)) and not isinstance(std, bool) and math.isfinite(std)
+        if not std_ok or std < 0:
+            raise AdapterError(f"LoRAAdapter.random: std must be a finite number >= 0, got {std!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64:  # torch's range
+            raise AdapterError(f"LoRAAdapter.random: seed must be an int in [-2**63, 2**64), got {seed!r}")
         g = torch.Generator().manual_seed(seed)
         A: dict[str, list[torch.Tensor]] = {}
         B: dict[str, list[torch.Tensor]] = {}
@@ -271,10 +286,10 @@ def install(model: TinyLM) -> _Slot:
 
 
 class AdapterRouter:
-    """The engine's side: before its forward, say which rows use which adapter; after it, clear the slot."""
+    """The engine's forward hook: before its forward, say which rows use which adapter; after it, clear the slot."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.adapters = engine.adapters  # the engine's own dict: adapters added later are seen too
         self.slot = install(engine.model)
 
     def groups(self, batch: RaggedBatch, requests: dict[int, Request]) -> list[tuple[str, torch.Tensor, LoRAAdapter]]:
@@ -284,7 +299,7 @@ class AdapterRouter:
         for name in sorted({n for n in names if n is not None}):
             seqs = torch.tensor([i for i, n in enumerate(names) if n == name], device=batch.seq_ids.device)
             rows = torch.nonzero(torch.isin(batch.seq_ids, seqs)).flatten()
-            out.append((name, rows, self.engine.adapters[name]))
+            out.append((name, rows, self.adapters[name]))
         return out
 
     def begin(self, batch: RaggedBatch, requests: dict[int, Request]) -> None:
@@ -293,6 +308,11 @@ class AdapterRouter:
 
     def end(self) -> None:
         self.slot.active = None
+
+
+def router_of(engine: Engine) -> AdapterRouter | None:
+    """The engine's adapter router, once an adapter has been added."""
+    return next((h for h in engine.forward_hooks if isinstance(h, AdapterRouter)), None)
 
 
 def register_adapter(engine: Engine, name: str, adapter: LoRAAdapter) -> None:
@@ -310,5 +330,5 @@ def register_adapter(engine: Engine, name: str, adapter: LoRAAdapter) -> None:
         )
     adapter.check_fits(engine.model)
     engine.adapters[name] = adapter.to(engine.model.dtype, engine.model.device)
-    if engine._lora is None:
-        engine._lora = AdapterRouter(engine)
+    if router_of(engine) is None:
+        engine.forward_hooks.append(AdapterRouter(engine))

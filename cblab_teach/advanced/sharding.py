@@ -331,9 +331,3 @@ def demo_sharding_figure(num_keys: int = 12, num_shards: int = 3, head_dim: int 
         "max_abs_error": (merged - full).abs().max().item(),
     }
 
-
-def run_distributed(world_size: int = 2, **kwargs):
-    """Run the sharded attention across ``world_size`` real processes; see :mod:`cblab_teach.advanced.distributed`."""
-    from .distributed import run_distributed as _run
-
-    return _run(world_size, **kwargs)

@@ -63,7 +63,7 @@ def check(name: str, learner: Any, seed: int = 0, verbose: bool = True) -> Check
 def _note_progress(result: CheckResult) -> None:
     """Progress is a convenience: whatever goes wrong with its file, the check's verdict stands."""
     try:
-        from ..progress import record_check
+        from ..progress_store import record_check
 
         record_check(result)
     except Exception as e:  # noqa: BLE001 - never let the progress file break a check

@@ -24,11 +24,41 @@ from .grade import without_own_check
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _is_cell(cell: object) -> bool:
+    """A cell ``load_solution`` can read: a typed dict whose code cells hold their source as text."""
+    if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
+        return False
+    source = cell.get("source")
+    text = isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))
+    return cell["cell_type"] != "code" or text
+
+
+def read_cells(notebook: Path) -> list[dict[str, Any]]:
+    """The notebook's cells, or ``SystemExit`` with one line naming the file: a traceback from ``json`` or a
+    ``KeyError`` would hide that the learner passed the wrong file.
+
+    Raw JSON rather than ``grade.read_submission``: that needs nbformat, which a core install lacks; this checks
+    only what the loader reads."""
+    try:
+        data = json.loads(notebook.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{notebook}: not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{notebook}: cannot read the file: {e}") from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        raise SystemExit(f'{notebook}: not a Jupyter notebook: no "cells" list')
+    for i, cell in enumerate(cells):
+        if not _is_cell(cell):
+            raise SystemExit(f"{notebook}: not a Jupyter notebook: cell {i} is not a cell (cell_type, source)")
+    return cells
+
+
 def load_solution(exercise: Exercise, notebook: Path) -> Any:
     """Run the notebook's code cells up to the one defining ``exercise.entry``; return that definition.
 
     A ``check(...)`` in that same cell is left out: ``main`` runs the check once, with its own seed."""
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cells = read_cells(notebook)
     namespace: dict[str, Any] = {"__name__": "__solution__"}
     for cell in cells:
         if cell["cell_type"] != "code":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from ..core.request import Request
@@ -38,11 +39,12 @@ class _Pool:
         self.refs = Counter(b for table in self.tables.values() for b in table)
         self.requester, self.needed = requester, blocks_needed
 
-    def blocks_needed(self, request_id: int, num_tokens: int) -> int:
+    def blocks_needed(self, request_id: int, num_tokens: int, leaving: Sequence[int] = ()) -> int:
         return self.needed
 
-    def blocks_released_by(self, request_id: int) -> int:
-        return sum(self.refs[b] == 1 for b in self.tables[request_id])
+    def blocks_released_by(self, request_ids: Sequence[int]) -> int:
+        """Each victim frees the blocks no other table holds (the exercise's rule: a shared prefix stays)."""
+        return sum(self.refs[b] == 1 for rid in request_ids for b in self.tables[rid])
 
 
 def reference_choose_victims(
@@ -54,7 +56,7 @@ def reference_choose_victims(
     ledger = BlockLedger(pool, list(requests.values()), Scheduler(1, 1, policy=policy).order_key)
     ledger.take(requests[requester], 0, StepPlan(budget=1))
     victims = [v.request_id for v in ledger.preempted]
-    return victims, sum(pool.blocks_released_by(v) for v in victims)
+    return victims, pool.blocks_released_by(victims)
 
 
 def _tables(sizes: list[int], shared: int = 0) -> list[list[int]]:

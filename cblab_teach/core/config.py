@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -62,9 +63,8 @@ class EngineConfig:
             value = getattr(self, name)
             if not any(type(value) is type(a) and value == a for a in allowed):
                 raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {value!r}")
-        eos = self.eos_token_id
-        if eos is not None and (not isinstance(eos, int) or isinstance(eos, bool) or eos < 0):
-            raise ConfigError(f"EngineConfig.eos_token_id must be None or a token id >= 0, got {eos!r}")
+        if self.eos_token_id is not None:
+            check_token_id(self.eos_token_id, "EngineConfig.eos_token_id")
         for name in ("preemption", "enable_prefix_caching"):
             if getattr(self, name) and self.kv_layout != "paged":
                 raise ConfigError(
@@ -74,3 +74,10 @@ class EngineConfig:
     @property
     def num_slots(self) -> int:
         return self.num_blocks * self.block_size
+
+
+def check_token_id(value, what: str, error: type[Exception] = ConfigError) -> int:
+    """An end-of-sequence id is an int >= 0 (not a bool): the same rule for the engine's default and a request's."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise error(f"{what} must be None or a token id >= 0, got {value!r}")
+    return int(value)

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ConfigError, KVCacheError
-from .prefix_cache import PrefixIndex, block_digests
+from .block_pool import BlockPool
+from .copy_on_write import CopyOnWrite
+from .prefix_cache import PrefixCaching, PrefixIndex
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,16 @@ class KVCache(ABC):
         """Make positions ``[start, end)`` private to the request before it writes them; a layout that never
         shares storage has nothing to copy. Returns the ``(old, new)`` blocks copied."""
         return []
+
+    def prepare_writes(self, chunks: Sequence) -> dict[int, list[tuple[int, int]]]:
+        """Slots for every chunk's positions ``[start, end)`` (a step's plan); a shared block about to be
+        written is copied first. Returns the copies made, ``request id -> [(old, new)]``."""
+        copied = {}
+        for c in chunks:
+            if pairs := self.copy_on_write(c.request_id, c.start, c.end):
+                copied[c.request_id] = pairs
+            self.ensure(c.request_id, c.end)
+        return copied
 
     def require(self, request_ids: Sequence[int]) -> None:
         """A typed error (not a bare KeyError) when asked about requests that hold no KV here."""
@@ -228,12 +241,13 @@ class DenseKVCache(KVCache):
         )
 
 
-class PagedAllocator(KVCache):
+class PagedAllocator(CopyOnWrite, PrefixCaching, KVCache):
     """A shared pool of fixed-size blocks, a free list, and a block table per request.
 
-    With ``enable_prefix_caching`` full blocks are also named by the hash of
-    their tokens (see :mod:`.prefix_cache`): a block may then sit in several
-    block tables at once, and ``ref_counts`` says how many.
+    Split by idea: the free list and reference counts are a :class:`~.block_pool.BlockPool`
+    (``free_blocks``, ``ref_counts``); forks and copy-on-write live in :mod:`.copy_on_write`;
+    prefix caching in :mod:`.prefix_cache`. With prefix caching or forks a block may sit in
+    several block tables at once, and ``ref_counts`` says how many.
     """
 
     def __init__(
@@ -252,13 +266,24 @@ class PagedAllocator(KVCache):
         super().__init__(num_layers, num_kv_heads, head_dim, num_blocks * block_size, dtype, device)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.free_blocks: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        self.pool = BlockPool(num_blocks, PrefixIndex() if enable_prefix_caching else None)
         self.block_tables: dict[int, list[int]] = {}
         self.reserved_blocks: dict[int, int] = {}  # worst case promised at admission
-        self.ref_counts: list[int] = [0] * num_blocks
-        self.prefix = PrefixIndex() if enable_prefix_caching else None
         self._digests: dict[int, list[bytes]] = {}  # request id -> digests of its registered full blocks
         self._forked = False  # a fork shares blocks between tables, so used slots must count each block once
+
+    # the pool's state, under the names the course has always used
+    @property
+    def free_blocks(self) -> list[int]:
+        return self.pool.free_blocks
+
+    @property
+    def ref_counts(self) -> list[int]:
+        return self.pool.ref_counts
+
+    @property
+    def prefix(self) -> PrefixIndex | None:
+        return self.pool.prefix
 
     def blocks_for(self, num_tokens: int) -> int:
         return math.ceil(num_tokens / self.block_size)
@@ -266,7 +291,7 @@ class PagedAllocator(KVCache):
     @property
     def num_free_blocks(self) -> int:
         """Blocks that can be handed out now: never used, or cached but unused (evictable)."""
-        return len(self.free_blocks) + (len(self.prefix.evictable) if self.prefix else 0)
+        return self.pool.num_free
 
     def _unpromised_blocks(self) -> int:
         promised = sum(max(0, self.reserved_blocks[r] - len(self.block_tables[r])) for r in self.block_tables)
@@ -275,17 +300,20 @@ class PagedAllocator(KVCache):
     def fits(self, token_counts: Sequence[int]) -> bool:
         return sum(self.blocks_for(n) for n in token_counts) <= self._unpromised_blocks()
 
-    def blocks_needed(self, request_id: int, num_tokens: int) -> int:
+    # -- what the scheduler's ledger asks ------------------------------------------------------------
+    def blocks_needed(self, request_id: int, num_tokens: int, leaving: Iterable[int] = ()) -> int:
         """New blocks a request needs to hold ``num_tokens`` tokens: blocks past its table, plus a copy of each
-        shared block it will write into (copy-on-write)."""
-        table = self.block_tables.get(request_id, ())
-        first = self.lengths.get(request_id, 0) // self.block_size  # writes start at the tokens it holds
-        copies = sum(self.ref_counts[b] > 1 for b in table[first : self.blocks_for(num_tokens)])
-        return max(0, self.blocks_for(num_tokens) - len(table)) + copies
+        shared block it will write into (copy-on-write) -- shared, that is, once the requests in ``leaving``
+        (preempted this step) have let go of theirs."""
+        held = Counter(b for r in leaving for b in self.block_tables.get(r, ()))
+        grow = max(0, self.blocks_for(num_tokens) - len(self.block_tables.get(request_id, ())))
+        return grow + self.copies_needed(request_id, num_tokens, held)
 
-    def blocks_released_by(self, request_id: int) -> int:
-        """Blocks that would become free if this request let go of its KV (shared ones stay)."""
-        return sum(self.ref_counts[b] == 1 for b in self.block_tables.get(request_id, ()))
+    def blocks_released_by(self, request_ids: int | Iterable[int]) -> int:
+        """Blocks that would become free if these requests let go of their KV together (a block also held
+        by a request outside them stays)."""
+        ids = [request_ids] if isinstance(request_ids, int) else list(request_ids)
+        return self.pool.released_by(self.block_tables.get(r, ()) for r in ids)
 
     def admit(self, request_id: int, max_tokens: int, reserve: bool = True, copies: int = 1) -> None:
         """``copies`` > 1 reserves for a request that will fork into that many sequences (parallel sampling)."""
@@ -298,125 +326,29 @@ class PagedAllocator(KVCache):
         self.lengths[request_id] = 0
         self._digests[request_id] = []
 
-    # -- parallel sampling: shared blocks, copied on the first write ------------------------------
-    def fork(self, parent: int, child: int, max_tokens: int, reserve: bool = True) -> None:
-        """Give ``child`` the parent's K/V by reference: the same block table, every block's count + 1.
-
-        With ``reserve``, the parent's reservation (made for the whole group) is split: each sequence keeps
-        its own worst case, plus one block for copying the shared, partly filled last block."""
-        if child in self.lengths:
-            raise KVCacheError(f"request {child} already has KV in this cache")
-        self.require([parent])
-        table = self.block_tables[parent]
-        for block in table:
-            self.ref_counts[block] += 1
-        self._forked = True
-        self.block_tables[child] = list(table)
-        self.lengths[child] = self.lengths[parent]
-        self._digests[child] = list(self._digests[parent])
-        partial = int(self.lengths[parent] % self.block_size != 0)
-        self.reserved_blocks[child] = self.blocks_for(max_tokens) + partial if reserve else 0
-        if reserve:
-            self.reserved_blocks[parent] = self.blocks_for(max_tokens)
-
-    def copy_on_write(self, request_id: int, start: int, end: int) -> list[tuple[int, int]]:
-        """Before writing positions ``[start, end)``, replace each shared block among them by a private copy.
-
-        The last sequence still holding a block writes in place (its count is 1 by then): n sequences
-        sharing a partly filled block make n - 1 copies."""
-        table = self.block_tables[request_id]
-        copied = []
-        for i in range(start // self.block_size, min(len(table), self.blocks_for(end))):
-            old = table[i]
-            if self.ref_counts[old] > 1:
-                new = self._take_block(request_id)
-                rows, into = slice(old * self.block_size, (old + 1) * self.block_size), new * self.block_size
-                self.k[:, into : into + self.block_size] = self.k[:, rows]
-                self.v[:, into : into + self.block_size] = self.v[:, rows]
-                self.ref_counts[old] -= 1  # others still hold it
-                table[i] = new
-                copied.append((old, new))
-        return copied
-
-    # -- prefix caching ---------------------------------------------------------------
-    def cached_prefix(self, token_ids: Sequence[int]) -> int:
-        """Tokens of ``token_ids`` whose KV is cached in whole blocks (pure lookup).
-
-        At least one token is always left to compute: its logits give the next token.
-        """
-        if self.prefix is None:
-            return 0
-        blocks = self.prefix.lookup(block_digests(token_ids[:-1], self.block_size))
-        return len(blocks) * self.block_size
-
-    def claim_prefix(self, request_id: int, token_ids: Sequence[int]) -> int:
-        """Put the cached leading blocks into the request's table (by reference); returns tokens reused."""
-        if self.prefix is None:
-            return 0
-        digests = block_digests(token_ids[:-1], self.block_size)
-        blocks = self.prefix.lookup(digests)
-        for block in blocks:
-            if self.ref_counts[block] == 0:
-                self.prefix.unpark(block)
-            self.ref_counts[block] += 1
-        self.block_tables[request_id].extend(blocks)
-        self._digests[request_id] = digests[: len(blocks)]
-        self.prefix.hits += len(blocks)
-        n = len(blocks) * self.block_size
-        self.lengths[request_id] = n
-        return n
-
-    def register_full_blocks(self, request_id: int, token_ids: Sequence[int]) -> None:
-        """Name the request's blocks that are now full, so later requests can find them."""
-        if self.prefix is None:
-            return
-        known = self._digests[request_id]
-        full = self.lengths[request_id] // self.block_size
-        if full <= len(known):
-            return
-        parent = known[-1] if known else b""
-        start = len(known) * self.block_size
-        new = block_digests(token_ids[start : full * self.block_size], self.block_size, parent)
-        table = self.block_tables[request_id]
-        for i, digest in enumerate(new, start=len(known)):
-            self.prefix.register(digest, table[i])
-        known.extend(new)
-
     # -- growth and release -------------------------------------------------------------
     def _take_block(self, request_id: int) -> int:
-        if self.free_blocks:
-            block = self.free_blocks.pop()
-        elif self.prefix is not None and self.prefix.evictable:
-            block = self.prefix.evict()
-        else:
-            raise KVCacheError(f"the block pool is exhausted while growing request {request_id}")
-        self.ref_counts[block] = 1
-        return block
+        return self.pool.take(request_id)
 
     def _drop_block(self, block: int) -> None:
-        self.ref_counts[block] -= 1
-        if self.ref_counts[block] == 0:
-            if self.prefix is not None and self.prefix.is_cached(block):
-                self.prefix.park(block)
-            else:
-                self.free_blocks.append(block)
+        self.pool.drop(block)
 
     def _grow(self, request_id: int, num_tokens: int) -> None:
         table = self.block_tables[request_id]
         while len(table) * self.block_size < num_tokens:
-            table.append(self._take_block(request_id))
+            table.append(self.pool.take(request_id))
 
     def truncate(self, request_id: int, num_tokens: int) -> None:
         """Forget tokens from ``num_tokens`` on (rejected draft tokens) and return whole unused blocks."""
         table = self.block_tables[request_id]
         keep = self.blocks_for(num_tokens)
         while len(table) > keep:
-            self._drop_block(table.pop())
+            self.pool.drop(table.pop())
         self.lengths[request_id] = min(self.lengths[request_id], num_tokens)
 
     def _release(self, request_id: int) -> None:
         for block in reversed(self.block_tables.pop(request_id)):
-            self._drop_block(block)
+            self.pool.drop(block)
         del self.reserved_blocks[request_id]
         del self._digests[request_id]
 

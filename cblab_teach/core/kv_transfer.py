@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import KVCacheError, RequestError, UnknownAdapterError
+from ..errors import KVCacheError, RequestError
 from .kv_cache import KVCache
-from .request import Request, RequestState, SamplingParams
+from .request import Request, RequestState, SamplingParams, token_ids
 from .scheduler import is_decoding
 
 if TYPE_CHECKING:
@@ -103,7 +103,9 @@ def export_prefilled(engine: Engine, request_id: int) -> PrefilledRequest:
             f"request {request_id} cannot be handed over: it must hold KV with its prompt computed and one "
             f"sampled token waiting (state {req.state.value}, {req.num_computed} of {req.num_tokens} tokens computed)"
         )
-    handoff = PrefilledRequest(
+    blocks = read_blocks(engine.kv, request_id, req.num_computed, engine.config.block_size)
+    engine.remove_running(request_id)
+    return PrefilledRequest(
         request_id=req.request_id,
         prompt_ids=list(req.prompt_ids),
         output_ids=list(req.output_ids),
@@ -114,12 +116,8 @@ def export_prefilled(engine: Engine, request_id: int) -> PrefilledRequest:
         adapter=req.adapter,
         arrival_time=req.arrival_time,
         token_times=list(req.token_times),
-        blocks=read_blocks(engine.kv, request_id, req.num_computed, engine.config.block_size),
+        blocks=blocks,
     )
-    engine.kv.free(request_id)
-    engine.running.remove(req)
-    del engine.requests[request_id]
-    return handoff
 
 
 def _slots_needed(engine: Engine, handoff: PrefilledRequest) -> int:
@@ -134,15 +132,26 @@ def can_import(engine: Engine, handoff: PrefilledRequest) -> bool:
 
 
 def _check_blocks(engine: Engine, handoff: PrefilledRequest) -> None:
+    """The K/V arrives in order from position 0, in this engine's shapes and dtype, one block per tensor pair."""
     cfg = engine.model.config
+    dtype = engine.kv.k.dtype if isinstance(engine.kv.k, torch.Tensor) else engine.model.dtype
     expected = len(handoff.prompt_ids) + len(handoff.output_ids) - 1
     position = 0
     for block in handoff.blocks:
+        if not (isinstance(block, KVBlock) and isinstance(block.k, torch.Tensor) and isinstance(block.v, torch.Tensor)):
+            raise KVCacheError(
+                f"request {handoff.request_id}: a hand-over block must be a KVBlock of two tensors, got {block!r}"
+            )
         shape = (cfg.num_layers, block.num_tokens, cfg.kv_heads, cfg.head_dim)
         if block.start != position or tuple(block.k.shape) != shape or tuple(block.v.shape) != shape:
             raise KVCacheError(
                 f"request {handoff.request_id}: KV block at position {block.start} has shape {tuple(block.k.shape)}; "
                 f"this engine expects blocks in order from 0, each [layers, tokens, kv_heads, head_dim] = {shape}"
+            )
+        if block.k.dtype != dtype or block.v.dtype != dtype:
+            raise KVCacheError(
+                f"request {handoff.request_id}: KV block at position {block.start} is {block.k.dtype}/{block.v.dtype} "
+                f"but this engine's pool is {dtype}; convert the hand-over (or the model) so they match"
             )
         position += block.num_tokens
     if position != expected or not handoff.output_ids:
@@ -152,37 +161,49 @@ def _check_blocks(engine: Engine, handoff: PrefilledRequest) -> None:
         )
 
 
+def _request(engine: Engine, handoff: PrefilledRequest) -> Request:
+    """The request the hand-over describes, checked as ``add_request`` checks one, plus its sampled tokens:
+    in the vocabulary, fewer than ``max_new_tokens``, and not ending in its end token (it would be finished)."""
+    req = engine.check_request(
+        handoff.prompt_ids, handoff.max_new_tokens, request_id=handoff.request_id, sampling=handoff.sampling,
+        priority=handoff.priority, eos_token_id=handoff.eos_token_id, adapter=handoff.adapter,
+    )  # fmt: skip
+    owner = f"request {req.request_id}"
+    req.output_ids = token_ids(handoff.output_ids, f"{owner}: output_ids")
+    vocab = engine.model.config.vocab_size
+    bad = [t for t in req.output_ids if not 0 <= t < vocab]
+    if bad:
+        raise RequestError(f"{owner}: output_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    done = len(req.output_ids) >= req.max_new_tokens or (req.output_ids and req.output_ids[-1] == req.eos_token_id)
+    if done:
+        raise RequestError(
+            f"{owner}: the hand-over is already finished ({len(req.output_ids)} of max_new_tokens="
+            f"{req.max_new_tokens} tokens, last {req.output_ids[-1]}, end token {req.eos_token_id}): nothing to decode"
+        )
+    req.state = RequestState.DECODE
+    return req
+
+
 def import_prefilled(engine: Engine, handoff: PrefilledRequest) -> int:
-    """Continue in ``engine`` a request another engine prefilled; it decodes at ``engine``'s next step."""
+    """Continue in ``engine`` a request another engine prefilled; it decodes at ``engine``'s next step.
+
+    Everything is checked before anything changes; if writing the K/V still fails, the admitted blocks are
+    freed again, so a refused hand-over leaves the engine exactly as it was."""
     if not isinstance(handoff, PrefilledRequest):
         raise RequestError(f"import_prefilled needs a PrefilledRequest (from export_prefilled), got {handoff!r}")
-    rid = handoff.request_id
-    prompt = engine._validate(handoff.prompt_ids, handoff.max_new_tokens, rid, handoff.sampling, handoff.priority)
-    if handoff.adapter is not None and handoff.adapter not in engine.adapters:
-        raise UnknownAdapterError(f"request {rid}: unknown adapter {handoff.adapter!r}; add it with add_adapter")
+    req = _request(engine, handoff)
     _check_blocks(engine, handoff)
     if not can_import(engine, handoff):
-        raise KVCacheError(f"request {rid}: no room in this engine now (running slots or KV blocks); try later")
-    req = Request(
-        request_id=rid,
-        prompt_ids=prompt,
-        max_new_tokens=handoff.max_new_tokens,
-        sampling=handoff.sampling,
-        eos_token_id=handoff.eos_token_id,
-        priority=handoff.priority,
-        arrival=engine._arrivals,
-        output_ids=list(handoff.output_ids),
-        state=RequestState.DECODE,
-        adapter=handoff.adapter,
-    )
-    req.arrival_time = handoff.arrival_time
-    req.arrival_step = len(engine.records)
-    req.token_times = list(handoff.token_times)
-    engine.kv.admit(rid, req.max_total_tokens, reserve=not engine.config.preemption)
-    write_blocks(engine.kv, rid, handoff.blocks)
+        raise KVCacheError(
+            f"request {req.request_id}: no room in this engine now (running slots or KV blocks); try later"
+        )
+    engine.kv.admit(req.request_id, req.max_total_tokens, reserve=not engine.config.preemption)
+    try:
+        write_blocks(engine.kv, req.request_id, handoff.blocks)
+    except BaseException:
+        engine.kv.free(req.request_id)
+        raise
     req.num_computed = handoff.num_tokens
-    engine._arrivals += 1
-    engine._next_id = max(engine._next_id, rid + 1)
-    engine.requests[rid] = req
-    engine.running.append(req)
-    return rid
+    req.token_times = list(handoff.token_times)
+    engine.add_running(req, handoff.arrival_time)
+    return req.request_id

@@ -8,6 +8,10 @@ request can reuse every leading block whose digest is known, by reference
 
 When the last request using a cached block finishes, the block is not wiped:
 it waits in an LRU list, still findable, until the pool needs it back.
+
+:class:`PrefixIndex` is the name table alone; :class:`PrefixCaching` is the side of
+:class:`~.kv_cache.PagedAllocator` that looks names up, claims cached blocks for a new
+request and names the blocks a request has filled.
 """
 
 from __future__ import annotations
@@ -72,3 +76,48 @@ class PrefixIndex:
         del self.block_of[self.digest_of.pop(block)]
         self.evictions += 1
         return block
+
+
+class PrefixCaching:
+    """A mixin of :class:`~.kv_cache.PagedAllocator`: reuse whole cached blocks of a request's leading tokens."""
+
+    def cached_prefix(self, token_ids: Sequence[int]) -> int:
+        """Tokens of ``token_ids`` whose KV is cached in whole blocks (pure lookup).
+
+        At least one token is always left to compute: its logits give the next token.
+        """
+        if self.prefix is None:
+            return 0
+        blocks = self.prefix.lookup(block_digests(token_ids[:-1], self.block_size))
+        return len(blocks) * self.block_size
+
+    def claim_prefix(self, request_id: int, token_ids: Sequence[int]) -> int:
+        """Put the cached leading blocks into the request's table (by reference); returns tokens reused."""
+        if self.prefix is None:
+            return 0
+        digests = block_digests(token_ids[:-1], self.block_size)
+        blocks = self.prefix.lookup(digests)
+        for block in blocks:
+            self.pool.share(block)
+        self.block_tables[request_id].extend(blocks)
+        self._digests[request_id] = digests[: len(blocks)]
+        self.prefix.hits += len(blocks)
+        n = len(blocks) * self.block_size
+        self.lengths[request_id] = n
+        return n
+
+    def register_full_blocks(self, request_id: int, token_ids: Sequence[int]) -> None:
+        """Name the request's blocks that are now full, so later requests can find them."""
+        if self.prefix is None:
+            return
+        known = self._digests[request_id]
+        full = self.lengths[request_id] // self.block_size
+        if full <= len(known):
+            return
+        parent = known[-1] if known else b""
+        start = len(known) * self.block_size
+        new = block_digests(token_ids[start : full * self.block_size], self.block_size, parent)
+        table = self.block_tables[request_id]
+        for i, digest in enumerate(new, start=len(known)):
+            self.prefix.register(digest, table[i])
+        known.extend(new)

@@ -25,10 +25,16 @@ class RequestState(str, enum.Enum):
     FINISHED = "finished"
 
 
+# Below this temperature a request is greedy: dividing logits by 1e-320 overflows the softmax to NaN. vLLM's
+# sampler uses the same threshold (``_SAMPLING_EPS = 1e-5`` in vllm/v1/sample/sampler.py).
+SAMPLING_EPS = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Greedy when ``temperature == 0``; otherwise seeded sampling: the token at position ``t`` draws on noise
-    keyed by ``(seed, t)`` (``core/sampling.py``), so the same seed gives the same tokens in any batch."""
+    """Greedy when ``temperature < SAMPLING_EPS`` (0 included); otherwise seeded sampling: the token at position
+    ``t`` draws on noise keyed by ``(seed, t)`` (``core/sampling.py``), so the same seed gives the same tokens in
+    any batch. The seed is an int: a str's hash changes from one process to the next."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0: no top-k filter
@@ -37,7 +43,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < SAMPLING_EPS
 
 
 @dataclass(eq=False)
@@ -54,6 +60,7 @@ class Request:
     state: RequestState = RequestState.WAITING
     last_scheduled_step: int = -1  # for fair decode: least recently served goes first
     num_preemptions: int = 0
+    aborted: bool = False  # stopped by Engine.abort before it finished on its own
     arrival_time: float = 0.0  # perf_counter() when added
     arrival_step: int = 0  # engine step count when added
     token_times: list[float] = field(default_factory=list)  # perf_counter() of each generated token

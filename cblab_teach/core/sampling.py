@@ -7,11 +7,16 @@ other requests share its batch, nor on how its steps were cut.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .request import Request
+
+if TYPE_CHECKING:
+    from .records import EngineStats
+    from .scheduler import StepPlan
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -72,9 +77,7 @@ def verify_sampled(logits: torch.Tensor, drafts: Sequence[int], request: Request
     return out
 
 
-def rejection_sample(
-    p: torch.Tensor, q: torch.Tensor, drafts: Sequence[int], generator: torch.Generator
-) -> list[int]:
+def rejection_sample(p: torch.Tensor, q: torch.Tensor, drafts: Sequence[int], generator: torch.Generator) -> list[int]:
     """Speculative sampling with any draft distribution (Leviathan et al. 2023; Chen et al. 2023).
 
     ``p``: the target's ``len(drafts) + 1`` probability rows; ``q``: the draft's rows, ``drafts[i]`` drawn from
@@ -103,3 +106,37 @@ def accept_drafts(target_best: list[int], drafts: tuple[int, ...]) -> list[int]:
     while n < len(drafts) and target_best[n] == drafts[n]:
         n += 1
     return list(drafts[:n]) + [target_best[n]]
+
+
+def sample_step(
+    plan: StepPlan, logits: torch.Tensor, requests: Mapping[int, Request], stats: EngineStats
+) -> dict[int, list[int]]:
+    """Tokens each request of the step gains: one sample, or the verified prefix of its drafts plus one.
+
+    ``logits`` has one row per position that needs one, chunk by chunk (``ScheduledChunk.num_logits``)."""
+    greedy = logits.argmax(dim=-1).tolist()
+    out: dict[int, list[int]] = {}
+    row = 0
+
+    def draw(r: Request) -> int:  # the next token of ``r`` from this row: argmax, or sampled at its position
+        return greedy[row] if r.sampling.greedy else sample_token(logits[row], r, r.num_tokens)
+
+    for c in plan.chunks:
+        if not c.num_logits:
+            continue
+        req = requests[c.request_id]
+        if c.drafts:  # greedy: the agreeing prefix; sampled: rejection sampling keeps the target's distribution
+            rows = slice(row, row + c.num_logits)
+            out[c.request_id] = (
+                accept_drafts(greedy[rows], c.drafts)
+                if req.sampling.greedy
+                else verify_sampled(logits[rows], c.drafts, req, req.num_tokens)
+            )
+            stats.draft_tokens += len(c.drafts)
+            stats.accepted_tokens += len(out[c.request_id]) - 1
+        else:
+            out[c.request_id] = [draw(req)]
+        for fid in req.forks:  # parallel sampling: each fork draws its first token from the same row
+            out[fid] = [draw(requests[fid])]
+        row += c.num_logits
+    return out

@@ -92,34 +92,52 @@ class BlockLedger:
     """Free blocks as the plan spends them, for preemption mode (nothing is allocated here).
 
     When a request needs blocks that are not free, the lowest-priority running
-    request (the newest, under FCFS) is preempted: its blocks count as free and
-    its chunk, if already planned, is taken back. If that request is the one
-    asking, it preempts itself and waits.
+    request (the newest, under FCFS) is preempted and its chunk, if already
+    planned, is taken back. If that request is the one asking, it preempts
+    itself and waits. What a preemption frees, and what a request needs once
+    others have let go of blocks they shared with it, the KV cache answers
+    (``blocks_released_by``, ``blocks_needed(..., leaving=...)``): the ledger
+    never re-derives the allocator's rules.
     """
 
     def __init__(self, kv, running: Sequence[Request], order_key) -> None:
         self.kv = kv
-        self.free = kv.num_free_blocks
         self.victims = sorted(running, key=order_key, reverse=True)
-        self.spent: dict[int, int] = {}
+        self.spent: dict[int, int] = {}  # running request id -> blocks planned for it this step
+        self.admitted = 0  # blocks planned for requests admitted this step
         self.preempted: list[Request] = []
+
+    @property
+    def leaving(self) -> list[int]:
+        return [v.request_id for v in self.preempted]
+
+    @property
+    def free(self) -> int:
+        """Blocks free once this step's victims have let go, less what the plan has spent."""
+        released = self.kv.blocks_released_by(self.leaving)
+        return self.kv.num_free_blocks + released - sum(self.spent.values()) - self.admitted
+
+    def admit(self, blocks: int) -> bool:
+        """Charge an admission; admission never preempts, so it only succeeds if the blocks are free."""
+        if blocks > self.free:
+            return False
+        self.admitted += blocks
+        return True
 
     def take(self, r: Request, end: int, plan: StepPlan) -> tuple[bool, int]:
         """Reserve blocks so ``r`` can hold ``end`` tokens; returns (ok, budget refunded by preemptions)."""
-        need = self.kv.blocks_needed(r.request_id, end)
         refund = 0
-        while need > self.free:
+        while (need := self.kv.blocks_needed(r.request_id, end, self.leaving)) > self.free:
             victim = next((v for v in self.victims if v not in self.preempted), None)
             if victim is None:
                 return False, refund
             self.preempted.append(victim)
-            self.free += self.kv.blocks_released_by(victim.request_id) + self.spent.pop(victim.request_id, 0)
+            self.spent.pop(victim.request_id, None)
             for c in [c for c in plan.chunks if c.request_id == victim.request_id]:
                 plan.chunks.remove(c)
                 refund += c.length
             if victim is r:
                 return False, refund
-        self.free -= need
         self.spent[r.request_id] = need
         return True, refund
 
@@ -237,9 +255,8 @@ class Scheduler:
             start = r.num_computed if swapped else kv.cached_prefix(r.all_ids) if hasattr(kv, "cached_prefix") else 0
             length = min(self.prefill_chunk_size, r.num_tokens - start, room(r))
             if ledger is not None:
-                if kv.blocks_for(start + length) > ledger.free:
+                if not ledger.admit(kv.blocks_for(start + length)):
                     break  # admission never preempts: nobody overtakes a request that does not fit yet
-                ledger.free -= kv.blocks_for(start + length)
             elif kv is not None:
                 need = [r.max_total_tokens] * r.group_size  # a group reserves for every sequence it forks into
                 if not kv.fits([*reserved, *need]):

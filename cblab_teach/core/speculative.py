@@ -30,7 +30,7 @@ import torch
 from .batch_builder import build_batch
 from .kv_cache import PagedAllocator
 from .request import Request
-from .scheduler import ScheduledChunk, StepPlan
+from .scheduler import ScheduledChunk, StepPlan, is_decoding
 
 
 class Proposer(Protocol):
@@ -83,32 +83,6 @@ class PromptLookupProposer:
                 if guess:
                     out[rid] = guess
         return out
-
-
-@torch.no_grad()
-def propose_by_recompute(draft_model, requests: Sequence[Request], k: Sequence[int]) -> dict[int, list[int]]:
-    """The plain way (the reference :class:`DraftModelProposer` must match): a fresh engine on the draft model
-    prefills every request's whole history, then decodes its guesses."""
-    from .config import EngineConfig
-    from .engine import Engine
-
-    active = [(r, n) for r, n in zip(requests, k) if n > 0]
-    if not active:
-        return {}
-    longest = max(r.num_tokens + n for r, n in active)
-    engine = Engine(
-        draft_model,
-        EngineConfig(
-            max_tokens_per_step=max(longest, 1) * len(active),
-            prefill_chunk_size=longest,
-            kv_layout="dense",
-            num_blocks=len(active) * longest + 1,
-            block_size=1,
-        ),
-    )
-    ids = {engine.add_request(r.all_ids, n): r.request_id for r, n in active}
-    engine.run()
-    return {rid: engine.output(i) for i, rid in ids.items()}
 
 
 class _Tokens:
@@ -199,3 +173,17 @@ class DraftModelProposer:
                 out[c.request_id].append(token)
                 seqs[c.request_id] = seq + [token]
         return out
+
+
+def propose_drafts(
+    proposer: Proposer | None, running: Sequence[Request], most: int, draft_window: int | None
+) -> dict[int, list[int]]:
+    """Speculative guesses for the decoding requests, never past their max_new_tokens (nor, for a draft model,
+    its max_position). Greedy requests keep the agreeing guesses; sampled ones verify them by rejection sampling."""
+    if proposer is None:
+        return {}
+    reqs = [r for r in running if is_decoding(r)]
+    room = [min(most, r.max_new_tokens - len(r.output_ids) - 1) for r in reqs]
+    if draft_window is not None:  # the draft model must hold the request's tokens plus its guesses
+        room = [min(n, draft_window - r.num_tokens) for r, n in zip(reqs, room)]
+    return proposer.propose(reqs, room)

@@ -20,8 +20,9 @@ import torch
 from ..errors import ConfigError, RequestError
 from ..model.tiny_lm import TinyLM
 from .batch_builder import RaggedBatch
-from .engine import StepRecord
+from .intake import check_max_new_tokens, check_sampling, generate_args
 from .kv_cache import DenseKVCache
+from .records import StepRecord
 from .request import SamplingParams, token_ids
 from .scheduler import ScheduledChunk, StepPlan
 
@@ -45,21 +46,19 @@ class StaticBatchingEngine:
         sampling: SamplingParams | None = None,
         progress: bool = False,
     ) -> list[list[int]]:
-        if sampling is not None and not sampling.greedy:
+        if sampling is not None and not check_sampling(sampling, "StaticBatchingEngine").greedy:
             raise ConfigError("StaticBatchingEngine is greedy only")
-        n = len(prompts)
-        lengths = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(lengths) != n:
-            raise RequestError(f"got {n} prompts but {len(lengths)} max_new_tokens")
+        prompts, lengths, _ = generate_args(prompts, max_new_tokens, None)
         prompts = [token_ids(p, f"prompt {i}") for i, p in enumerate(prompts)]
-        for i, (p, m) in enumerate(zip(prompts, lengths)):
-            if not p or m < 1:
-                raise RequestError(f"prompt {i} is empty or max_new_tokens={m} < 1")
+        lengths = [check_max_new_tokens(m, f"prompt {i}") for i, m in enumerate(lengths)]
+        for i, p in enumerate(prompts):
+            if not p:
+                raise RequestError(f"prompt {i} is empty; give at least one token id")
             bad = [t for t in p if not 0 <= t < self.model.config.vocab_size]
             if bad:
                 raise RequestError(f"prompt {i}: token ids {bad[:5]} are outside the vocabulary")
         self.arrival_time = time.perf_counter()
-        starts = range(0, n, self.batch_size)
+        starts = range(0, len(prompts), self.batch_size)
         if progress:
             from tqdm.auto import tqdm
 

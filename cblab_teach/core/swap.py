@@ -93,9 +93,15 @@ class HostKVPool:
         k, v = self.k[:, host_slots], self.v[:, host_slots]
         kv.k[:, device_slots] = k.to(kv.k.device)
         kv.v[:, device_slots] = v.to(kv.v.device)
+        self.discard(request_id)
+        return n, k.nbytes + v.nbytes
+
+    def discard(self, request_id: int) -> None:
+        """Give a parked request's host blocks back (after its swap-in, or without copying: it was aborted)."""
+        if request_id not in self.tables:
+            raise KVCacheError(f"request {request_id} is not swapped out")
         self.free_blocks.extend(reversed(self.tables.pop(request_id)))
         del self.lengths[request_id]
-        return n, k.nbytes + v.nbytes
 
     @property
     def used_blocks(self) -> int:

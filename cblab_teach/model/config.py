@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ConfigError
+
+
+def _is_int(value: object) -> bool:
+    """A real int: ``True`` is an int to Python, but ``num_layers=True`` is a typo, not one layer."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -28,23 +34,27 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        for name in ("num_kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"ModelConfig.{name} must be None or a positive int, got {value!r}")
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)  # frozen: set once, here
-        elif not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim < 1:
-            raise ConfigError(f"ModelConfig.head_dim must be None or a positive int, got {self.head_dim!r}")
         if (self.head_dim % 2) != 0:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise ConfigError(f"ModelConfig.dtype must be a floating torch.dtype, got {self.dtype!r}")
         for name in ("rope_theta", "rms_norm_eps"):
-            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
-                raise ConfigError(f"ModelConfig.{name} must be a number > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"ModelConfig.{name} must be a finite number > 0, got {value!r}")
         kv = self.kv_heads
-        if kv < 1 or self.num_heads % kv:
+        if self.num_heads % kv:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv}")
 
     @property

@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..core.batch_builder import build_batch
+from ..core.parts import make_kv_cache
+from ..core.request import Request
+from ..core.scheduler import ScheduledChunk, StepPlan
 from ..errors import PluginError
 from .base import SchedulerPlugin
 
@@ -110,17 +114,15 @@ class KVQuantizationPlugin(SchedulerPlugin):
 
 def teacher_forced_logits(model, config, prompts: list[list[int]], quantized: bool) -> torch.Tensor:
     """Logits at every prompt position after one prefill of ``prompts`` (all in one step) through a fresh pool,
-    int8 if ``quantized``: the same inputs through both pools, so the difference is the quantisation alone."""
-    from ..core.batch_builder import build_batch
-    from ..core.engine import Engine
-
-    engine = Engine(model, config)
+    int8 if ``quantized``: the same inputs through both pools, so the difference is the quantisation alone.
+    Same rows whatever ``config``'s budget: one whole-prompt chunk per request, in order."""
+    kv = make_kv_cache(model, config)
     if quantized:
-        KVQuantizationPlugin().install(engine.kv)
-    for p in prompts:
-        engine.add_request(p, 1)
-    plan = engine.scheduler.plan(engine.running, engine.waiting, engine.kv)
-    engine._admit(plan)
-    for c in plan.chunks:
-        engine.kv.ensure(c.request_id, c.end)
-    return model(build_batch(plan, engine.requests), engine.kv, all_logits=True)
+        KVQuantizationPlugin().install(kv)
+    requests = {i: Request(i, list(p), 1) for i, p in enumerate(prompts)}
+    chunks = [ScheduledChunk(i, 0, len(p), "prefill", True) for i, p in enumerate(prompts)]
+    for c in chunks:
+        kv.admit(c.request_id, c.length)
+        kv.ensure(c.request_id, c.length)
+    plan = StepPlan(budget=sum(c.length for c in chunks), chunks=chunks)
+    return model(build_batch(plan, requests), kv, all_logits=True)

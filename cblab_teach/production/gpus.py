@@ -8,7 +8,10 @@ Memory in decimal GB (1e9 bytes) as printed; the usable amount is a little lower
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,17 @@ class GPUSpec:
     source: str  # the vendor's sheet
     checked_via: str
     note: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse, naming the field, a figure the roofline would divide by zero on or turn into nonsense."""
+        for name in ("memory_gb", "bandwidth_gbs", "bf16_tflops", "fp8_tflops", "int8_tops"):
+            value = getattr(self, name)
+            if name == "fp8_tflops" and value is None:  # a chip without FP8 tensor cores
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value <= 0:
+                accepted = "None (no FP8) or a finite number > 0" if name == "fp8_tflops" else "a finite number > 0"
+                raise ConfigError(f"GPUSpec {self.name!r}: {name} must be {accepted}, got {value!r}")
 
     @property
     def memory_bytes(self) -> float:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 HF = "https://huggingface.co"
+
+
+def _is_int(value: object) -> bool:
+    """A real int: ``True`` and ``128.0`` are typos in a shape, not a count."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,33 @@ class ModelShape:
     sliding_window: int | None = None
     sliding_layers: int = 0  # how many layers attend only to the last ``sliding_window`` tokens
     note: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse, naming the field, a shape the arithmetic would divide by zero on or turn into negative bytes."""
+        where = f"ModelShape {self.name!r}"
+        for name in ("layers", "q_heads", "kv_heads", "head_dim", "params", "active_params"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{where}: {name} must be an int >= 1, got {value!r}")
+        for name in ("kv_latent_dim", "v_head_dim", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"{where}: {name} must be None or an int >= 1, got {value!r}")
+        if not _is_int(self.sliding_layers) or not 0 <= self.sliding_layers <= self.layers:
+            raise ConfigError(
+                f"{where}: sliding_layers must be an int in [0, layers={self.layers}], got {self.sliding_layers!r}"
+            )
+        if self.sliding_layers and self.sliding_window is None:
+            raise ConfigError(f"{where}: sliding_layers={self.sliding_layers} needs a sliding_window, got None")
+        if self.q_heads % self.kv_heads:
+            raise ConfigError(f"{where}: q_heads={self.q_heads} is not a multiple of kv_heads={self.kv_heads}")
+        if self.active_params > self.params:
+            raise ConfigError(f"{where}: active_params={self.active_params} exceeds params={self.params}")
+        if (self.kv_latent_dim is None) != (self.v_head_dim is None):  # the roofline reads both for MLA
+            raise ConfigError(
+                f"{where}: MLA needs kv_latent_dim and v_head_dim together, got {self.kv_latent_dim!r} "
+                f"and {self.v_head_dim!r}"
+            )
 
     @property
     def is_mla(self) -> bool:

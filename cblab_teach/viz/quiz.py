@@ -245,7 +245,7 @@ class QuizWidget:
         """Record whether the learner knew the current question (marking again replaces), then move on."""
         self.results[self.current.number] = bool(correct)
         self.next()
-        from ..progress import record_quiz  # the score goes into the learner's local progress record
+        from ..progress_store import record_quiz  # the score goes into the learner's local progress record
 
         record_quiz(*self.score)
         return self.score
