@@ -35,7 +35,7 @@ lab-command:  # print make lab's command line
 test test-fast: export CBLAB_TEACH_PROGRESS := off
 # engine tests once more under python -O (asserts stripped): no engine invariant may hang on an assert
 OPTIMIZED_TESTS := tests/test_crossings.py tests/test_preemption.py tests/test_parallel_sampling.py \
-	tests/test_swap.py tests/test_prefix_cache.py
+	tests/test_swap.py tests/test_prefix_cache.py tests/test_kv_cache.py
 test: install
 	$(PY) -m pytest tests -q
 	$(PY) -O -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning $(OPTIMIZED_TESTS)

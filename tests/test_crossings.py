@@ -132,7 +132,8 @@ def test_a_seed_that_is_not_an_int_is_refused_and_the_engine_carries_on(model, s
     good = engine.add_request([1, 2, 3], 4)
     engine.step()
     for add in (lambda s: engine.add_request([4, 5], 3, sampling=s), lambda s: engine.add_request_group([4, 5], 2, 3, s)):
-        with pytest.raises(RequestError, match=r"invalid sampling parameters .*the seed must be an int, got " + re.escape(repr(seed))):
+        message = r"^request 1: invalid sampling parameters .*the seed must be an int, got " + re.escape(repr(seed))
+        with pytest.raises(RequestError, match=message):
             add(SamplingParams(temperature=1.0, seed=seed))
     assert list(engine.requests) == [good] and engine.intake.next_id == 1  # nothing added, no id consumed
     run_bounded(engine)
@@ -278,15 +279,17 @@ def test_generate_refuses_a_max_new_tokens_that_is_not_an_int_and_queues_nothing
 
 def test_generate_checks_every_prompt_before_queueing_any(model):
     engine = Engine(model)
-    with pytest.raises(RequestError, match=r"request 1: token ids \[99\]"):
+    with pytest.raises(RequestError, match=r"^request 1: token ids \[99\]"):
         engine.generate([[1, 2], [99]], 2)
+    with pytest.raises(RequestError, match=r"^request 1: max_new_tokens must be an int >= 1, got 0$"):
+        engine.generate([[1, 2], [3]], [2, 0])
     assert not engine.requests and engine.intake.next_id == 0
 
 
 @pytest.mark.parametrize("eos", ["x", True, -3, 1.0])
 def test_a_request_eos_follows_the_engine_rule(model, eos):
     engine = Engine(model)
-    with pytest.raises(RequestError, match="eos_token_id must be None or a token id >= 0, got " + re.escape(repr(eos))):
+    with pytest.raises(RequestError, match="^request 0: eos_token_id must be None or a token id >= 0, got " + re.escape(repr(eos))):
         engine.add_request([1, 2], 3, eos_token_id=eos)
     assert not engine.requests
 
@@ -336,3 +339,48 @@ def test_kv_cache_errors_stay_typed():
     kv = PagedAllocator(1, 1, 2, num_blocks=1, block_size=2)
     with pytest.raises(KVCacheError, match="dropped but no table holds it"):
         kv.pool.drop(0)
+
+
+def test_a_parent_s_forks_hold_their_seats_before_they_join(model):
+    """max_running counts a group's sequences from its admission: the forks join at the parent's first sample,
+    and requests admitted in between must not take their seats (the fuzz saw 4 running with max_running=3)."""
+    cfg = EngineConfig(max_tokens_per_step=8, prefill_chunk_size=4, max_running=3, block_size=4, num_blocks=64)
+    engine = Engine(model, cfg)
+    base = SamplingParams(temperature=1.0, seed=4)
+    group = engine.add_request_group([1, 2, 3, 4, 5, 6, 7, 8], 2, 3, base)
+    singles = [engine.add_request([9, 10], 3), engine.add_request([11, 12], 3)]
+    for _ in range(100):
+        if not engine.has_unfinished():
+            break
+        assert len(engine.step().running) <= cfg.max_running
+    assert [engine.output(i) for i in group] == [alone(model, [1, 2, 3, 4, 5, 6, 7, 8], 3, replace(base, seed=4 + i))
+                                                 for i in (0, 1)]  # fmt: skip
+    assert [engine.output(i) for i in singles] == [greedy(model, [9, 10], 3), greedy(model, [11, 12], 3)]
+    assert_all_free(engine)
+
+
+def test_aborting_a_fork_before_it_joins_leaves_the_rest_of_the_group(model):
+    engine = Engine(model, EngineConfig(max_tokens_per_step=8, prefill_chunk_size=2, block_size=2, num_blocks=32))
+    base = SamplingParams(temperature=1.0, seed=9)
+    ids = engine.add_request_group([3, 4, 5, 6], 3, 4, base)
+    engine.step()  # the parent is prefilling; its forks wait for its first sample
+    engine.abort(ids[1])
+    assert engine.request(ids[0]).forks == [ids[2]] and engine.request(ids[1]).aborted
+    run_bounded(engine)
+    assert [engine.output(i) for i in (ids[0], ids[2])] == [alone(model, [3, 4, 5, 6], 4, replace(base, seed=9 + i))
+                                                            for i in (0, 2)]  # fmt: skip
+    assert engine.output(ids[1]) == [] and not engine.request(ids[0]).aborted
+    assert_all_free(engine)
+
+
+def test_an_attention_plugin_that_overrides_nothing_changes_nothing(model):
+    from cblab_teach.plugins.base import AttentionPlugin
+
+    engine = Engine(model, EngineConfig(max_tokens_per_step=6, prefill_chunk_size=3), plugins=[AttentionPlugin()])
+    assert engine.generate([[1, 2, 3, 4], [5, 6]], 4) == [greedy(model, [1, 2, 3, 4], 4), greedy(model, [5, 6], 4)]
+
+
+@pytest.mark.parametrize("prompts", [5, None])
+def test_generate_needs_a_list_of_prompts(model, prompts):
+    with pytest.raises(RequestError, match=rf"^generate needs a list of prompts, got {prompts!r}$"):
+        Engine(model).generate(prompts, 2)

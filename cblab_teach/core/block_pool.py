@@ -24,7 +24,6 @@ class BlockPool:
     """Free list and reference counts of ``num_blocks`` blocks; cached idle blocks are evicted LRU-first."""
 
     def __init__(self, num_blocks: int, prefix: PrefixIndex | None = None) -> None:
-        self.num_blocks = num_blocks
         self.free_blocks: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
         self.ref_counts: list[int] = [0] * num_blocks
         self.prefix = prefix
@@ -47,8 +46,8 @@ class BlockPool:
 
     def share(self, block: int) -> None:
         """One more table holds ``block`` (a fork, or a prefix-cache hit that wakes an idle block)."""
-        if self.ref_counts[block] == 0 and self.prefix is not None:
-            self.prefix.unpark(block)
+        if self.prefix is not None:
+            self.prefix.unpark(block)  # an idle cached block is in use again (a no-op for one that was not idle)
         self.ref_counts[block] += 1
 
     def drop(self, block: int) -> None:

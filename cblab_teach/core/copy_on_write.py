@@ -42,8 +42,10 @@ class CopyOnWrite:
     def copies_needed(self, request_id: int, num_tokens: int, leaving: Counter | None = None) -> int:
         """Shared blocks the request would copy before writing up to ``num_tokens`` tokens, once the tables
         counted in ``leaving`` (preempted this step) have let go of theirs."""
-        table = self.block_tables.get(request_id, ())
-        first = self.lengths.get(request_id, 0) // self.block_size  # writes start at the tokens it holds
+        table = self.block_tables.get(request_id)
+        if not table:
+            return 0
+        first = self.lengths[request_id] // self.block_size  # writes start at the tokens it holds
         return sum(self.pool.is_shared(b, leaving) for b in table[first : self.blocks_for(num_tokens)])
 
     def copy_on_write(self, request_id: int, start: int, end: int) -> list[tuple[int, int]]:

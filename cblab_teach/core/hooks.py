@@ -124,9 +124,12 @@ class GuardedCachePlugin:
 
 def attention_chain(plugins: list[Plugin], default: AttentionFn) -> AttentionFn | None:
     """The engine's attention wrapped by every AttentionPlugin, first registered innermost; None if none."""
-    chain = None
-    for plugin in (p for p in plugins if isinstance(p, AttentionPlugin)):
-        chain = _link(plugin, chain or default)
+    wrappers = [p for p in plugins if isinstance(p, AttentionPlugin)]
+    if not wrappers:
+        return None
+    chain = default
+    for plugin in wrappers:
+        chain = _link(plugin, chain)
     return chain
 
 

@@ -87,7 +87,7 @@ class Intake:
         self,
         known: Mapping[int, Request],
         prompt_ids,
-        max_new_tokens=16,
+        max_new_tokens,
         request_id=None,
         sampling=None,
         priority=0,

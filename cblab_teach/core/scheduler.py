@@ -244,7 +244,8 @@ class Scheduler:
                 spend(r, self._add_prefill(plan, r, r.num_computed, length))
 
         reserved: list[int] = []
-        n_running = len(running) - (len(ledger.preempted) if ledger else 0)
+        held = [r for r in running if not (ledger and r in ledger.preempted)]
+        n_running = sum(1 + len(r.forks) for r in held)  # a parent's forks hold seats before they join
         limit = min(self.max_running, budget)
         for r in sorted(waiting, key=self.order_key):
             if left == 0 or (n_running + r.group_size > limit and n_running > 0):
