@@ -170,10 +170,7 @@ def _request(engine: Engine, handoff: PrefilledRequest) -> Request:
     )  # fmt: skip
     owner = f"request {req.request_id}"
     req.output_ids = token_ids(handoff.output_ids, f"{owner}: output_ids")
-    vocab = engine.model.config.vocab_size
-    bad = [t for t in req.output_ids if not 0 <= t < vocab]
-    if bad:
-        raise RequestError(f"{owner}: output_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    engine.intake.check_in_vocab(req.output_ids, owner, "output_ids")
     done = len(req.output_ids) >= req.max_new_tokens or (req.output_ids and req.output_ids[-1] == req.eos_token_id)
     if done:
         raise RequestError(

@@ -104,7 +104,8 @@ class BlockLedger:
         self.kv = kv
         self.victims = sorted(running, key=order_key, reverse=True)
         self.spent: dict[int, int] = {}  # running request id -> blocks planned for it this step
-        self.admitted = 0  # blocks planned for requests admitted this step
+        self.planned = 0  # blocks planned this step: the sum of ``spent`` plus admissions
+        self.released = 0  # blocks this step's victims free together (asked again at each new victim)
         self.preempted: list[Request] = []
 
     @property
@@ -114,14 +115,13 @@ class BlockLedger:
     @property
     def free(self) -> int:
         """Blocks free once this step's victims have let go, less what the plan has spent."""
-        released = self.kv.blocks_released_by(self.leaving)
-        return self.kv.num_free_blocks + released - sum(self.spent.values()) - self.admitted
+        return self.kv.num_free_blocks + self.released - self.planned
 
     def admit(self, blocks: int) -> bool:
         """Charge an admission; admission never preempts, so it only succeeds if the blocks are free."""
         if blocks > self.free:
             return False
-        self.admitted += blocks
+        self.planned += blocks
         return True
 
     def take(self, r: Request, end: int, plan: StepPlan) -> tuple[bool, int]:
@@ -132,12 +132,14 @@ class BlockLedger:
             if victim is None:
                 return False, refund
             self.preempted.append(victim)
-            self.spent.pop(victim.request_id, None)
+            self.planned -= self.spent.pop(victim.request_id, 0)
+            self.released = self.kv.blocks_released_by(self.leaving)
             for c in [c for c in plan.chunks if c.request_id == victim.request_id]:
                 plan.chunks.remove(c)
                 refund += c.length
             if victim is r:
                 return False, refund
+        self.planned += need - self.spent.get(r.request_id, 0)
         self.spent[r.request_id] = need
         return True, refund
 
