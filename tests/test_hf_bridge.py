@@ -87,3 +87,20 @@ def test_refusal_happens_before_any_weight_is_copied():
         config_from_hf(transformers.LlamaConfig(hidden_act="relu"), torch.float32)
     with pytest.raises(ConfigError, match=r"model_type='mistral'"):
         config_from_hf(transformers.MistralConfig(), torch.float32)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_from_weights_equals_loading_into_a_drawn_model(tied):
+    """``from_weights`` skips drawing random weights (seconds for a real model): same model as the plain path of
+    building one and copying the weights in, here from a Hugging Face checkpoint's tensors."""
+    from cblab_teach.model.hf import config_from_hf, rename_hf_weights
+
+    hf = llama(3, tie_word_embeddings=tied)
+    tensors = {k: v for k, v in hf.state_dict().items() if not (tied and k == "lm_head.weight")}
+    fast = TinyLM.from_weights(config_from_hf(hf.config, torch.float64), rename_hf_weights(tensors))
+    plain = TinyLM.from_hf(hf)
+    assert fast.rotary.inv_freq.device.type == "cpu" and torch.equal(fast.rotary.inv_freq, plain.rotary.inv_freq)
+    for (name, a), (_, b) in zip(sorted(fast.state_dict().items()), sorted(plain.state_dict().items())):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    prompt = [5, 9, 2, 7]
+    assert greedy(fast, prompt, 6) == greedy(plain, prompt, 6) == hf_greedy(hf, prompt, 6)

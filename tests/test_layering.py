@@ -20,6 +20,7 @@ BELOW = {
     "core": {"errors", "model", "attention"},
     "model": {"errors", "attention", "core"},
     "attention": {"errors", "core"},
+    "real": {"errors", "core", "model", "attention"},  # real models build on the engine, never on views or checks
 }
 
 

@@ -20,7 +20,7 @@ README = REPO / "README.md"
 FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", flags=re.S | re.M)
 # Shell lines the test does not run, each with the reason; every other line of a ```bash block runs.
 NOT_RUN = {
-    r"^make (lab|test|bench)\b": "long or interactive: the suite itself and JupyterLab",
+    r"^make (lab|test|bench|chat)\b": "long or interactive: the suite itself, JupyterLab, a terminal chat",
     r"^python3 -m venv\b|pip install": "installation: make does it, and the suite runs inside it",
     r"^conda\b": "conda is not part of the suite's environment",
 }

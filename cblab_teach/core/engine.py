@@ -139,22 +139,30 @@ class Engine:
     def abort(self, request_id: int) -> None:
         """Stop a request now (its client went away): its KV, and host blocks if swapped, are freed at once.
         The tokens it has stay readable. A group's parent takes its not-yet-forked sequences with it."""
-        req = self.request(request_id)
+        self._end(self.request(request_id), aborted=True)
+
+    def finish(self, request_id: int) -> None:
+        """End a request now as done, not aborted: its caller found a stop string in its text (the engine sees
+        ids, not text: ``real/text.py``). Its KV is freed at once, as :meth:`abort` frees it."""
+        self._end(self.request(request_id), aborted=False)
+
+    def _end(self, req: Request, aborted: bool) -> None:
         if req.is_finished:
             return
         for fork in leave_group(req, self.requests, self.waiting + self.running):
-            self._stop(fork)
+            self._mark_ended(fork, aborted)
         if req in self.running:
-            self.kv.free(request_id)
+            self.kv.free(req.request_id)
             self.running.remove(req)
         elif req in self.waiting:
             self.waiting.remove(req)
-            self.preemption.forget(request_id)
-        self._stop(req)
+            self.preemption.forget(req.request_id)
+        self._mark_ended(req, aborted)
 
-    def _stop(self, req: Request) -> None:
-        req.state, req.aborted = RequestState.FINISHED, True
-        self.stats.aborted += 1
+    def _mark_ended(self, req: Request, aborted: bool) -> None:
+        req.state, req.aborted, req.stopped = RequestState.FINISHED, aborted, not aborted
+        if aborted:
+            self.stats.aborted += 1
 
     def request(self, request_id: int) -> Request:
         try:

@@ -61,6 +61,7 @@ class Request:
     last_scheduled_step: int = -1  # for fair decode: least recently served goes first
     num_preemptions: int = 0
     aborted: bool = False  # stopped by Engine.abort before it finished on its own
+    stopped: bool = False  # ended by Engine.finish: its caller found a stop string in its text
     arrival_time: float = 0.0  # perf_counter() when added
     arrival_step: int = 0  # engine step count when added
     token_times: list[float] = field(default_factory=list)  # perf_counter() of each generated token
@@ -107,6 +108,16 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.state is RequestState.FINISHED
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why it ended, in OpenAI's words: "stop" (end token or a stop rule), "length" (max_new_tokens), "abort"."""
+        if not self.is_finished:
+            return None
+        if self.aborted:
+            return "abort"
+        ended_by_eos = bool(self.output_ids) and self.output_ids[-1] == self.eos_token_id
+        return "stop" if self.stopped or ended_by_eos else "length"
 
     def append_token(self, token_id: int) -> None:
         self.output_ids.append(token_id)

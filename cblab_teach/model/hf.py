@@ -59,13 +59,18 @@ def config_from_hf(hf_config, dtype: torch.dtype) -> ModelConfig:
 
 
 def state_dict_from_hf(hf_model) -> dict[str, torch.Tensor]:
+    """The weights of a loaded Hugging Face model under TinyLM's names (:func:`rename_hf_weights`)."""
+    return rename_hf_weights(hf_model.state_dict())
+
+
+def rename_hf_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF names ``model.layers.0.self_attn.q_proj.weight`` map to ``layers.0.self_attn.q_proj.weight``.
 
-    Tied embeddings (``tie_word_embeddings=True``) need nothing special: the LM head gets a copy of the
-    embedding matrix, the same numbers Hugging Face multiplies by.
+    Tied embeddings (``tie_word_embeddings=True``, or a checkpoint saved without ``lm_head.weight``) need nothing
+    special: the LM head gets the embedding matrix, the same numbers Hugging Face multiplies by.
     """
     out = {}
-    for name, tensor in hf_model.state_dict().items():
+    for name, tensor in tensors.items():
         name = name.removeprefix("model.")
         if "rotary_emb" in name:
             continue

@@ -82,7 +82,7 @@ class StepContext:
 class TinyLM(nn.Module):
     """Embedding, RoPE, RMSNorm, (grouped-query) attention, SwiGLU, LM head."""
 
-    def __init__(self, config: ModelConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, config: ModelConfig | None = None, seed: int | None = 0) -> None:
         super().__init__()
         cfg = config or ModelConfig()
         self.config = cfg
@@ -92,7 +92,8 @@ class TinyLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.attention_hook = None  # set by the engine for AttentionPlugins
-        self._init_weights(seed)
+        if seed is not None:  # None: the weights come next (from_weights), do not draw them
+            self._init_weights(seed)
         self.to(cfg.dtype)
 
     def _init_weights(self, seed: int) -> None:
@@ -161,6 +162,16 @@ class TinyLM(nn.Module):
         if ctx.impl == "ragged":
             return ragged_attention(q, k, v, ctx.batch)
         return segmented_attention(q, k, v, ctx.batch, ctx.layout)
+
+    @classmethod
+    def from_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> TinyLM:
+        """A model holding ``weights`` (TinyLM's names), built without drawing random weights first: for a real
+        model's 135M parameters that alone takes seconds."""
+        with torch.device("meta"):
+            model = cls(config, seed=None)
+        model.load_state_dict(weights, strict=True, assign=True)
+        model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)  # a buffer, not in the weights
+        return model.to(config.dtype)
 
     @classmethod
     def from_hf(cls, hf_model) -> TinyLM:
