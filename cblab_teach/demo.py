@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--system", default=None, help="a system prompt (default: the model's own)")
     sub.add_parser("prepare", help="convert the real model's GGUF file to float weights once (~45 s)")
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server over the engine (FastAPI + uvicorn)")
+    from .serve.cli import add_arguments  # the flags only: the server's own imports wait until it runs
+
+    add_arguments(serve)
     args = parser.parse_args(argv)
     if args.command == "demo" and args.model == "smollm2":
         print(run_real_demo(args.requests, max(args.budget, 64), args.chunk, args.kv))
@@ -108,3 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         from .real.loader import prepared_dir
 
         print(f"SmolLM2-135M-Instruct float weights in {prepared_dir()}")
+    elif args.command == "serve":
+        from .serve.cli import run
+
+        run(args)

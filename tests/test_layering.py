@@ -21,6 +21,8 @@ BELOW = {
     "model": {"errors", "attention", "core"},
     "attention": {"errors", "core"},
     "real": {"errors", "core", "model", "attention"},  # real models build on the engine, never on views or checks
+    # the HTTP server: one engine through its public API, text through real/ (and the tiny model of demo_model.py)
+    "serve": {"errors", "core", "model", "attention", "real", "demo_model"},
 }
 
 

@@ -20,7 +20,8 @@ README = REPO / "README.md"
 FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", flags=re.S | re.M)
 # Shell lines the test does not run, each with the reason; every other line of a ```bash block runs.
 NOT_RUN = {
-    r"^make (lab|test|bench|chat)\b": "long or interactive: the suite itself, JupyterLab, a terminal chat",
+    r"^make (lab|test|bench|chat|serve)\b": "long or interactive: the suite itself, JupyterLab, a terminal chat, a server",
+    r"^curl\b": "talks to the server make serve starts (tests/test_serve.py drives the same endpoints)",
     r"^python3 -m venv\b|pip install": "installation: make does it, and the suite runs inside it",
     r"^conda\b": "conda is not part of the suite's environment",
 }
@@ -102,7 +103,7 @@ def test_every_shell_line_is_run_or_skipped_for_a_reason() -> None:
     commands = shell_commands()
     skipped = [c for c in commands if any(re.search(p, c) for p in NOT_RUN)]
     assert set(commands) - set(skipped), "nothing left to run"
-    assert all(c.startswith(("make", "python3 -m venv", "conda")) for c in skipped), skipped
+    assert all(c.startswith(("make", "python3 -m venv", "conda", "curl")) for c in skipped), skipped
 
 
 def test_serving_snippet_shares_the_prompt_and_copies_on_write() -> None:
