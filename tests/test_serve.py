@@ -153,6 +153,7 @@ def test_concurrent_streams_are_each_correct_and_share_steps(tiny, server, clien
     steps = app.state.engine_loop.engine.records[first_step:]
     widest = max(len({c.request_id for c in s.plan.chunks}) for s in steps)
     assert widest >= 4, f"at most {widest} of {len(PROMPTS)} HTTP requests ever shared a step"
+    assert not app.state.engine_loop.engine.requests  # every answered request forgotten: nothing grows
 
 
 def test_preemption_and_prefix_caching_behind_the_server_keep_every_answer_exact(tiny):

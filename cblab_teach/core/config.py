@@ -34,6 +34,7 @@ class EngineConfig:
     speculative: str | None = None  # None, "ngram" (prompt lookup) or "draft" (a smaller TinyLM)
     num_speculative_tokens: int = 4
     ngram_size: int = 2
+    keep_records: int | None = None  # None: every StepRecord stays in engine.records; K: only the last K (a server)
 
     def __post_init__(self) -> None:
         for name in (
@@ -65,6 +66,9 @@ class EngineConfig:
                 raise ConfigError(f"EngineConfig.{name} must be one of {allowed}, got {value!r}")
         if self.eos_token_id is not None:
             check_token_id(self.eos_token_id, "EngineConfig.eos_token_id")
+        keep = self.keep_records
+        if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+            raise ConfigError(f"EngineConfig.keep_records must be None or an int >= 1, got {keep!r}")
         for name in ("preemption", "enable_prefix_caching"):
             if getattr(self, name) and self.kv_layout != "paged":
                 raise ConfigError(

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import numbers
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..errors import AdapterError, CBLabError, ConfigError, PluginError, UnknownRequestError
+from ..errors import AdapterError, CBLabError, ConfigError, PluginError, RequestError, UnknownRequestError
 from ..model.tiny_lm import TinyLM
 from . import hooks, kv_transfer
 from .admission import admit_planned
@@ -70,7 +71,11 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.waiting: list[Request] = []
         self.running: list[Request] = []
-        self.records: list[StepRecord] = []
+        # every step's record, or the last keep_records of them: a server that runs for days must not keep all
+        self.records: list[StepRecord] | deque[StepRecord] = [] if cfg.keep_records is None else deque(
+            maxlen=cfg.keep_records
+        )
+        self.num_steps = 0  # steps taken, whatever records are kept: fairness and arrival steps count from it
         self.plugins: list = []
         self._attention_chain = None  # AttentionPlugins wrapped around the default, set on the model per forward
         self.adapters: dict = {}  # LoRA adapters by name (add_adapter); rows are routed per request
@@ -133,7 +138,7 @@ class Engine:
     def _enter(self, req: Request, arrival_time: float | None = None) -> None:
         self.intake.enter(req)
         req.arrival_time = time.perf_counter() if arrival_time is None else arrival_time
-        req.arrival_step = len(self.records)
+        req.arrival_step = self.num_steps
         self.requests[req.request_id] = req
 
     def abort(self, request_id: int) -> None:
@@ -163,6 +168,14 @@ class Engine:
         req.state, req.aborted, req.stopped = RequestState.FINISHED, aborted, not aborted
         if aborted:
             self.stats.aborted += 1
+
+    def forget(self, request_id: int) -> Request:
+        """Drop a finished request from ``requests`` (a server must not keep every request it ever served); its
+        id is free again. A request still running or waiting is an error: abort or finish it first."""
+        req = self.request(request_id)
+        if not req.is_finished:
+            raise RequestError(f"request {request_id} has not finished; abort() or finish() it before forget()")
+        return self.requests.pop(request_id)
 
     def request(self, request_id: int) -> Request:
         try:
@@ -250,7 +263,7 @@ class Engine:
                   if self.requests[c.request_id].forks and c.request_id in new_tokens}  # fmt: skip
         finished = self._commit(plan, new_tokens)
         record = StepRecord(
-            step=len(self.records),
+            step=self.num_steps,
             plan=plan,
             sampled={rid: toks[-1] for rid, toks in new_tokens.items()},
             new_tokens=new_tokens,
@@ -267,6 +280,7 @@ class Engine:
             forward_s=forward_s,
         )
         self.records.append(record)
+        self.num_steps += 1
         for req in finished:
             self._fire("on_request_completion", req)
         self._fire("after_step", record)
@@ -286,7 +300,7 @@ class Engine:
                 hook.end()
 
     def _commit(self, plan: StepPlan, new_tokens: dict[int, list[int]]) -> list[Request]:
-        step = len(self.records)
+        step = self.num_steps
         now = time.perf_counter()
         finished = []
         for c in plan.chunks:
@@ -321,15 +335,15 @@ class Engine:
 
     def run(self, progress: bool = False) -> list[StepRecord]:
         """Step until every request has finished; returns this run's records."""
-        first = len(self.records)
+        records = []
         bar = _progress_bar(len(self.waiting) + len(self.running)) if progress else None
         while self.has_unfinished():
-            finished = self.step().finished
+            records.append(self.step())
             if bar is not None:
-                bar.update(len(finished))
+                bar.update(len(records[-1].finished))
         if bar is not None:
             bar.close()
-        return self.records[first:]
+        return records
 
     def generate(
         self,

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="waiting requests beyond which new ones get HTTP 429 (SGLang: --max-queued-requests)")  # fmt: skip
 
 
+KEEP_RECORDS = 1024  # the server runs for days: it keeps its last steps' records, not all of them
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         max_tokens_per_step=args.max_tokens_per_step,
@@ -53,6 +56,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         block_size=args.block_size,
         enable_prefix_caching=args.enable_prefix_caching,
         preemption=PREEMPTION[args.preemption],
+        keep_records=KEEP_RECORDS,
     )
 
 

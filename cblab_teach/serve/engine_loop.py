@@ -216,6 +216,7 @@ class EngineLoop:
             if req.is_finished:
                 del self._active[rid]
                 self.metrics.request_done(req.finish_reason, active.arrival, req.token_times, req.prompt_len, now)
+                self.engine.forget(rid)  # served: a server that runs for days keeps no request it has answered
         self._publish_state()
 
     def _publish_state(self) -> None:
