@@ -357,3 +357,25 @@ def test_smollm2_behind_the_server_answers_as_hugging_face_generate(smollm2):
     want = hf[0, ids.shape[1] :].tolist()
     assert r.choices[0].message.content == smollm2.decode(want)
     assert r.usage.prompt_tokens == ids.shape[1] and r.usage.completion_tokens == len(want)
+
+
+def test_the_dashboard_state_is_the_engine_s_steps_and_requests(tiny, server, client):
+    """What /dashboard draws, recomputed from the engine's own records: decode and prefill tokens per step."""
+    app, url = server
+    for prompt in PROMPTS[:3]:
+        client.completions.create(model=tiny.name, prompt=prompt, max_tokens=6, temperature=0)
+    wait_idle(url)
+    state = httpx.get(url + "/dashboard/state", timeout=10).json()
+    by_step = {r.step: r for r in app.state.engine_loop.engine.records}
+    assert state["model"] == tiny.name and len(state["steps"]) >= 6
+    for shown in state["steps"]:
+        record = by_step[shown["step"]]
+        decode = sum(c.length for c in record.plan.chunks if c.kind == "decode")
+        assert (shown["decode"], shown["prefill"]) == (decode, record.used - decode)
+        assert shown["decode"] + shown["prefill"] <= shown["budget"] == record.plan.budget
+    last = state["requests"][0]  # newest first
+    assert last["output_tokens"] == 6 and last["finish_reason"] == "length" and last["ttft_ms"] > 0
+    page = httpx.get(url + "/dashboard", timeout=10).text
+    assert '<script src="/dashboard/plotly.min.js">' in page and "http" not in page.split("<script>")[1]
+    js = httpx.get(url + "/dashboard/plotly.min.js", timeout=30)
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and len(js.content) > 1e6

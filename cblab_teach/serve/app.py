@@ -24,6 +24,7 @@ from ..core.request import SamplingParams
 from ..errors import CBLabError, ConfigError, RequestError
 from . import protocol as p
 from .api_errors import APIError, bad_request, internal, unknown_model
+from .dashboard import add_dashboard
 from .engine_loop import EngineLoop
 from .generation import Generation
 from .limits import BodySizeLimit, BodyTooLarge
@@ -146,4 +147,5 @@ def build_app(text_model: TextModel, engine: Engine, max_waiting: int = 256,
     async def prometheus_metrics() -> Response:
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
+    add_dashboard(app, loop.live, text_model.name)
     return app

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ..core.engine import Engine
 from ..core.request import SamplingParams
 from ..errors import CBLabError
+from .live import LiveView
 from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class EngineLoop:
     _stopping: bool = False
     _thread: threading.Thread | None = None
     _active: dict[int, _Active] = field(default_factory=dict)
+    live: LiveView = field(default_factory=LiveView)  # what /dashboard shows, filled from this thread
 
     # -- the HTTP side: any thread may call these ------------------------------------------------
     def start(self) -> None:
@@ -191,7 +193,7 @@ class EngineLoop:
 
     def _step(self) -> None:
         try:
-            self.engine.step()
+            self.live.step(self.engine.step())
         except Exception as e:  # a bug in the engine: fail the requests in flight, keep serving
             log.exception("engine step failed")
             for rid, active in list(self._active.items()):
@@ -216,6 +218,7 @@ class EngineLoop:
             if req.is_finished:
                 del self._active[rid]
                 self.metrics.request_done(req.finish_reason, active.arrival, req.token_times, req.prompt_len, now)
+                self.live.request(rid, req.finish_reason, active.arrival, req.token_times, req.prompt_len)
                 self.engine.forget(rid)  # served: a server that runs for days keeps no request it has answered
         self._publish_state()
 
