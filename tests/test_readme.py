@@ -21,6 +21,7 @@ FENCE = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", flags=re.S | re.M)
 # Shell lines the test does not run, each with the reason; every other line of a ```bash block runs.
 NOT_RUN = {
     r"^make (lab|test|bench|chat|serve)\b": "long or interactive: the suite itself, JupyterLab, a terminal chat, a server",
+    r"^make load\b": "needs the server make serve starts (tests/test_loadgen.py runs the load generator against one)",
     r"^curl\b": "talks to the server make serve starts (tests/test_serve.py drives the same endpoints)",
     r"^python3 -m venv\b|pip install": "installation: make does it, and the suite runs inside it",
     r"^conda\b": "conda is not part of the suite's environment",
