@@ -4,7 +4,8 @@ One module per idea: ``text_model`` (text to ids and back), ``protocol`` (OpenAI
 shapes), ``engine_loop`` (the engine's own thread), ``generation`` (one request's stream of text), ``app`` (the
 FastAPI routes), ``responses`` (JSON or server-sent events), ``metrics`` (Prometheus), ``limits`` (body size),
 ``api_errors`` (OpenAI-shaped errors), ``cli`` (the flags), ``background`` (a server in a thread, for tests and
-notebooks).
+notebooks), ``live`` and ``dashboard`` (``GET /dashboard``, the engine drawn as it serves). The ``loadgen_*``
+modules are the other side, a client for any OpenAI-compatible server (``python -m cblab_teach.loadgen``).
 
 The names below load on first use, so ``python -m cblab_teach demo`` (whose parser knows the serve flags) never
 imports FastAPI.
