@@ -20,7 +20,7 @@ from cblab_teach.serve.loadgen_arrivals import arrival_times
 from cblab_teach.serve.loadgen_cli import main
 from cblab_teach.serve.loadgen_metrics import RequestRecord, compute_metrics
 from cblab_teach.serve.loadgen_prompts import CHAT_QUESTIONS, chat_prompts, length_bounds, random_prompts
-from cblab_teach.serve.loadgen_run import LoadSettings, run_rate, run_sweep
+from cblab_teach.serve.loadgen_run import LoadSettings, run_blocking, run_rate, run_sweep
 
 fastapi = pytest.importorskip("fastapi")
 pytestmark = pytest.mark.timeout(120)
@@ -125,7 +125,7 @@ def check_consistent(run: dict) -> None:
 def test_a_sweep_at_rate_50_and_inf_completes_every_request_with_the_server_s_token_counts(url):
     prompts = random_prompts(12, input_len=4, output_len=6, range_ratio=0.5, seed=0)
     settings = LoadSettings(base_url=url + "/v1", progress=False, request_timeout_s=30, slo_ms={"ttft": 1e9})
-    runs = asyncio.run(run_sweep(prompts, [50.0, math.inf], settings))
+    runs = run_blocking(run_sweep(prompts, [50.0, math.inf], settings))
     assert [r["request_rate"] for r in runs] == [50.0, "inf"] and runs[0]["model"] == "cblab-char-tiny"
     for run in runs:
         assert (run["completed"], run["failed"]) == (12, 0), [r["error"] for r in run["requests"]]
@@ -209,18 +209,37 @@ def stub_app():
 def test_failures_are_counted_not_raised(capsys):
     prompts = random_prompts(3, 2, 2)
     nothing = LoadSettings(base_url=f"http://127.0.0.1:{free_port()}", progress=False, request_timeout_s=5)
-    run = asyncio.run(run_rate(prompts, math.inf, nothing))  # no model given and /v1/models unreachable too
+    run = run_blocking(run_rate(prompts, math.inf, nothing))  # no model given and /v1/models unreachable too
     assert (run["completed"], run["failed"]) == (0, 3) and all("Connect" in r["error"] for r in run["requests"])
     assert main(["--base-url", nothing.base_url, "--num-prompts", "2", "--no-progress"]) == 1
     assert "Failed requests:" in capsys.readouterr().out
     with serve_in_background(stub_app()) as base:
-        refused = asyncio.run(run_rate(prompts, 100.0, LoadSettings(base_url=base, progress=False)))
+        refused = run_blocking(run_rate(prompts, 100.0, LoadSettings(base_url=base, progress=False)))
         assert refused["model"] == "stub" and refused["failed"] == 3
         assert all(r["error"].startswith("HTTP 429") for r in refused["requests"])
         hung = LoadSettings(base_url=base, endpoint="chat", progress=False, request_timeout_s=0.3)
-        run = asyncio.run(run_rate(prompts[:1], math.inf, hung))
+        run = run_blocking(run_rate(prompts[:1], math.inf, hung))
         assert run["failed"] == 1 and "within 0.3 s" in run["requests"][0]["error"]
-        quiet = asyncio.run(run_rate(prompts, math.inf, LoadSettings(base_url=base + "/nousage", progress=False)))
+        quiet = run_blocking(run_rate(prompts, math.inf, LoadSettings(base_url=base + "/nousage", progress=False)))
     assert quiet["completed"] == 3 and not quiet["usage_reported"]
     assert {r["output_tokens"] for r in quiet["requests"]} == {3}  # no usage: text-carrying chunks are counted
     assert {r["text"] for r in quiet["requests"]} == {"abcd"} and all(len(r["itl"]) == 2 for r in quiet["requests"])
+
+
+def test_run_blocking_works_where_an_event_loop_already_runs():
+    """A Jupyter kernel (and a test session driving a browser) runs an event loop in the main thread, where
+    asyncio.run refuses; run_blocking gives the coroutine a loop of its own there."""
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def inside_a_running_loop() -> int:
+        refused = answer()
+        with pytest.raises(RuntimeError, match="running event loop"):
+            asyncio.run(refused)  # what the loadgen did before: refused here
+        refused.close()
+        return run_blocking(answer())
+
+    assert run_blocking(answer()) == 42
+    assert asyncio.run(inside_a_running_loop()) == 42

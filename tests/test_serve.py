@@ -21,6 +21,7 @@ import torch
 from cblab_teach import Engine, EngineConfig, SamplingParams
 from cblab_teach.errors import ConfigError
 from cblab_teach.serve import TextModel, build_app, serve_in_background, tiny_text_model
+from cblab_teach.serve.loadgen_run import run_blocking
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.timeout(120)
@@ -147,7 +148,7 @@ def test_concurrent_streams_are_each_correct_and_share_steps(tiny, server, clien
         async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30) as aclient:
             return await asyncio.gather(*(one(aclient, p) for p in PROMPTS))
 
-    texts = asyncio.run(all_at_once())
+    texts = run_blocking(all_at_once())
     assert texts == [alone(tiny, p, 40) for p in PROMPTS]
     wait_idle(url)
     steps = app.state.engine_loop.engine.records[first_step:]
@@ -169,7 +170,7 @@ def test_preemption_and_prefix_caching_behind_the_server_keep_every_answer_exact
                                                                  temperature=0) for p in prompts))  # fmt: skip
                 return [r.choices[0].text for r in rs]
 
-        texts = asyncio.run(all_at_once())
+        texts = run_blocking(all_at_once())
         wait_idle(url)
     assert texts == [alone(tiny, p, 30) for p in prompts]
     assert engine.stats.preemptions > 0, "the pool was meant to be too small for every request at once"

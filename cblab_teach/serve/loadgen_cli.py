@@ -11,14 +11,13 @@ several rates in one call.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 from .loadgen_prompts import chat_prompts, random_prompts
 from .loadgen_report import run_table, sweep_table, write_json
-from .loadgen_run import MAX_PROMPTS, LoadSettings, run_sweep
+from .loadgen_run import MAX_PROMPTS, LoadSettings, run_blocking, run_sweep
 
 
 def rate(text: str) -> float:
@@ -86,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         temperature=a.temperature, seed=a.seed, slo_ms={k: v for k, v in slo.items() if v is not None},
         api_key=os.environ.get("OPENAI_API_KEY"), progress=not a.no_progress,
     )  # fmt: skip
-    runs = asyncio.run(run_sweep(prompts, a.request_rates or [a.request_rate], settings))
+    runs = run_blocking(run_sweep(prompts, a.request_rates or [a.request_rate], settings))
     for run in runs:
         print(run_table(run))
     if len(runs) > 1:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 from tqdm.auto import tqdm
@@ -115,3 +117,17 @@ def record_json(r: RequestRecord) -> dict:
 async def run_sweep(prompts: Sequence[PromptSpec], rates: Sequence[float], s: LoadSettings) -> list[dict]:
     """One run per rate, one after the other (the server drains between them: each run waits for its last)."""
     return [await run_rate(prompts, rate, s) for rate in rates]
+
+
+T = TypeVar("T")
+
+
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, also where an event loop already runs in this thread (a Jupyter kernel, a test
+    session driving a browser): there the coroutine gets its own loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cblab-loadgen") as pool:
+        return pool.submit(asyncio.run, coro).result()
