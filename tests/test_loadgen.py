@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -242,4 +243,5 @@ def test_run_blocking_works_where_an_event_loop_already_runs():
         return run_blocking(answer())
 
     assert run_blocking(answer()) == 42
-    assert asyncio.run(inside_a_running_loop()) == 42
+    with ThreadPoolExecutor(1) as fresh:  # a thread with no loop of its own, whatever runs in this one
+        assert fresh.submit(asyncio.run, inside_a_running_loop()).result() == 42

@@ -179,3 +179,12 @@ def engine_alone(chat, question: str, n: int) -> list[int]:
     """The answer from the engine, the request alone (proven equal to Hugging Face's above)."""
     engine = Engine(chat.model, EngineConfig(eos_token_id=chat.eos_token_id))
     return engine.generate([chat.encode_chat([{"role": "user", "content": question}])], n)[0]
+
+
+def test_the_loader_reads_the_same_config_as_hugging_face(smollm2):
+    """load_smollm2 reads config.json as plain data; Hugging Face's own reading must give the same model shape."""
+    from transformers import AutoConfig
+
+    from cblab_teach.model.hf import config_from_hf
+
+    assert config_from_hf(AutoConfig.from_pretrained(smollm2.path), torch.float32) == smollm2.model.config

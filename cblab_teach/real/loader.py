@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -110,10 +112,13 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device: str | torch.device 
     engine's job is only to produce exactly the tokens Hugging Face would.
     """
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = prepared_dir()
-    config = config_from_hf(AutoConfig.from_pretrained(folder), dtype)
+    # config.json as plain attributes: config_from_hf reads the same fields from it that it reads from an HF
+    # config object, without AutoConfig's seconds of registry imports
+    hf_config = SimpleNamespace(**json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    config = config_from_hf(hf_config, dtype)
     model = TinyLM.from_weights(config, rename_hf_weights(load_file(folder / "model.safetensors")))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return ChatModel(model.to(device).eval(), tokenizer, MODEL_NAME, folder)
