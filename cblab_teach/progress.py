@@ -54,6 +54,12 @@ def course_notebooks() -> list[str]:
     return sorted(p.stem for p in folder.glob("[0-9][0-9]_*.ipynb")) if folder.is_dir() else []
 
 
+def cases_in_words(stored: str | None) -> str:
+    """The record's "3/17" as "3 of 17 cases passed": after "tried", a bare "3/17" reads as three failures."""
+    passed, _, total = (stored or "").partition("/")
+    return f"{passed} of {total} cases passed" if passed.isdigit() and total.isdigit() else "? cases"
+
+
 def course_map(data: dict[str, Any] | None = None) -> list[Item]:
     """Notebooks in course order, each with the exercises that practise it; then the capstone."""
     from .checks import EXERCISES, PROJECTS
@@ -66,7 +72,7 @@ def course_map(data: dict[str, Any] | None = None) -> list[Item]:
         note = (
             f"passed {entry['first_passed']}"
             if entry.get("passed")
-            else (f"tried {entry['last_run']} ({entry.get('last_cases', '?')} cases)" if entry else "")
+            else (f"tried {entry['last_run']} ({cases_in_words(entry.get('last_cases'))})" if entry else "")
         )
         return Item(name, kind, bool(entry.get("passed")), note)
 

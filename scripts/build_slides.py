@@ -16,12 +16,17 @@ writes them); a cell without one gets what those rules give.
 
 Each notebook runs as ``make site`` runs it (``build_site.execute_isolated``): in a process of
 its own under a wall-clock limit, so a stalled one is stopped and reported with the cell it
-was running, and the other decks are still built. When the site is already built, its
-``index.html`` is updated to link the decks, so ``make site`` and ``make slides`` may run in
-either order.
+was running, and the other decks are still built. A stall is intermittent (a rerun of the
+same notebook builds in seconds), so a stalled notebook is run again, each time in a fresh
+kernel under a shorter limit (``--retry-timeout``), before it counts as failed.
+
+``index.html`` lists every deck on disk, not only this run's (``--only 02`` rebuilds one deck
+and keeps the others linked), and names each course notebook whose deck is missing or failed
+to build this time, with why. When the site is already built, its ``index.html`` is updated to
+link the decks, so ``make site`` and ``make slides`` may run in either order.
 
     .venv/bin/python scripts/build_slides.py [--out site/slides] [--only 03] [--notebook PATH ...]
-        [--timeout 300] [--notebook-timeout 240]
+        [--timeout 300] [--notebook-timeout 240] [--retry-timeout 120] [--retries 2]
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import argparse
 import functools
 import html
 import importlib.util
+import json
 import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -53,6 +60,8 @@ WIDGET_NOTE = (
 )
 INLINE_PLOTLY = re.compile(r"<script([^>]*)>(\s*/\*\*\s*\* plotly\.js v.*?)</script>", re.S)
 PLOTLY_MATHJAX = re.compile(r"<script src=\"https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^\"]*\"></script>")
+MANIFEST = "decks.json"  # stem -> title and slide count of each deck on disk, for the index
+RETRIES = 2  # runs after a stall, each in a fresh kernel
 NETWORK_ASSET = re.compile(r"<(?:script[^>]+src|link[^>]+href|img[^>]+src)=[\"'](?:https?:)?//", re.I)
 
 # nbconvert's reveal template, with every network load taken out and reveal.js loaded from a local copy.
@@ -197,11 +206,38 @@ def offline_problems(page: str, name: str) -> list[str]:
     return [f"{name}: loads {len(found)} asset(s) from the network, e.g. {found[0]!r}"] if found else []
 
 
-def build_deck(path: Path, out: Path, timeout: int, notebook_timeout: int = 240) -> tuple[str, float, int]:
-    """Execute ``path`` (its own process, ``notebook_timeout`` seconds at most) and write ``out/<stem>.html``;
-    returns its title, execution seconds and slide count. A notebook that fails or stalls raises, saying where."""
+def retry_limits(notebook_timeout: int, retry_timeout: int | None = None, retries: int = RETRIES) -> list[int]:
+    """Wall-clock limits of the first run and of each rerun after a stall. A rerun is shorter: a stall is the
+    client waiting on a reply it never reads, not slow work (a stalled notebook rebuilt alone in 7.5 s)."""
+    again = retry_timeout if retry_timeout is not None else max(60, notebook_timeout // 2)
+    return [notebook_timeout] + [min(again, notebook_timeout)] * retries
+
+
+def execute_with_retries(
+    path: Path, timeout: int, limits: list[int], log: Callable[..., None] = print
+) -> tuple[nbformat.NotebookNode | None, str]:
+    """``build_site.execute_isolated`` under each limit in turn while the notebook stalls; an error is final
+    (it would fail again). Each run is a new process, so each rerun has a fresh kernel."""
+    nb, why = None, "not run"
+    for attempt, limit in enumerate(limits):
+        if attempt:
+            log(f"stalled ({why.splitlines()[0]}); again in a fresh kernel, {limit} s at most ...", end=" ", flush=True)
+        nb, why = sibling("build_site").execute_isolated(path, timeout, limit)
+        if nb is not None or not why.startswith("stalled"):
+            break
+    if nb is None and why.startswith("stalled") and len(limits) > 1:
+        why = f"stalled in all {len(limits)} runs; the last {why}"
+    return nb, why
+
+
+def build_deck(
+    path: Path, out: Path, timeout: int, notebook_timeout: int = 240, limits: list[int] | None = None
+) -> tuple[str, float, int]:
+    """Execute ``path`` (its own process, ``notebook_timeout`` seconds at most, rerun after a stall under
+    ``limits``) and write ``out/<stem>.html``; returns its title, execution seconds and slide count. A notebook
+    that fails or stalls every time raises, saying where."""
     started = time.perf_counter()
-    nb, why = sibling("build_site").execute_isolated(path, timeout, notebook_timeout)
+    nb, why = execute_with_retries(path, timeout, limits or [notebook_timeout])
     seconds = time.perf_counter() - started
     if nb is None:
         raise RuntimeError(why)
@@ -215,9 +251,63 @@ def build_deck(path: Path, out: Path, timeout: int, notebook_timeout: int = 240)
     return title, seconds, slides
 
 
-def index_page(entries: list[tuple[str, str, int]]) -> str:
+def read_manifest(out: Path) -> dict[str, dict]:
+    try:
+        return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def deck_title(page: Path) -> str:
+    """A deck's <title>, for a deck on disk that the manifest does not know (built before it existed)."""
+    found = re.search(r"<title>(.*?)</title>", page.read_text(encoding="utf-8", errors="replace"), re.S)
+    title = html.unescape(found.group(1).strip()) if found else page.stem
+    return title.removesuffix(" slides")  # nbconvert's reveal template adds it
+
+
+def decks_on_disk(out: Path, built: list[tuple[str, str, int]]) -> list[tuple[str, str, int | None]]:
+    """Every deck in ``out`` (this run's and earlier ones), as (stem, title, slide count or None), by name;
+    the manifest is brought up to date with this run's decks."""
+    known = read_manifest(out) | {stem: {"title": title, "slides": n} for stem, title, n in built}
+    stems = sorted(p.stem for p in out.glob("*.html") if p.name != "index.html")
+    known = {stem: known[stem] for stem in stems if stem in known}
+    (out / MANIFEST).write_text(json.dumps(known, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return [
+        (stem, known[stem]["title"], known[stem]["slides"])
+        if stem in known
+        else (stem, deck_title(out / f"{stem}.html"), None)
+        for stem in stems
+    ]
+
+
+def missing_decks(out: Path, expected: list[Path], failed: dict[str, str]) -> dict[str, str]:
+    """stem -> why, for each expected notebook without a deck on disk, and each whose build failed this run."""
+    missing = {p.stem: "not built yet" for p in expected if not (out / f"{p.stem}.html").exists()}
+    for stem, why in failed.items():
+        old = (out / f"{stem}.html").exists()
+        missing[stem] = f"this build failed ({why})" + (
+            "; the deck linked above is from an earlier build" if old else ""
+        )
+    return dict(sorted(missing.items()))
+
+
+def index_page(entries: list[tuple[str, str, int | None]], missing: dict[str, str] | None = None) -> str:
+    """The decks' index: a link to each deck, then what is missing and how to build it."""
     items = "\n".join(
-        f'    <li><a href="{stem}.html">{html.escape(title)}</a> ({n} slides)</li>' for stem, title, n in entries
+        f'    <li><a href="{stem}.html">{html.escape(title)}</a>'
+        + (f" ({n} slides)" if n is not None else "")
+        + "</li>"
+        for stem, title, n in entries
+    )
+    absent = "\n".join(
+        f'    <li id="missing-{stem}"><b>{html.escape(stem)}</b>: {html.escape(why)}. Build it with '
+        f"<code>python scripts/build_slides.py --only {html.escape(stem)}</code></li>"
+        for stem, why in (missing or {}).items()
+    )
+    missing_section = (
+        f'  <section id="missing">\n  <h2>Missing decks ({len(missing)})</h2>\n  <ul>\n{absent}\n  </ul>\n  </section>\n'
+        if missing
+        else ""
     )
     return f"""<!doctype html>
 <html lang="en">
@@ -234,36 +324,53 @@ def index_page(entries: list[tuple[str, str, int]]) -> str:
   <ul>
 {items}
   </ul>
-  <p><a href="../index.html">Back to the course pages</a></p>
+{missing_section}  <p><a href="../index.html">Back to the course pages</a></p>
 </body>
 </html>
 """
 
 
-def build(out: Path, paths: list[Path], timeout: int, notebook_timeout: int = 240) -> int:
+def build(
+    out: Path,
+    paths: list[Path],
+    timeout: int,
+    notebook_timeout: int = 240,
+    expected: list[Path] | None = None,
+    limits: list[int] | None = None,
+) -> int:
+    """Build a deck of each of ``paths``; the index lists every deck in ``out`` and each of ``expected``
+    (default: ``paths``) that has none or failed."""
     if not paths:
         print("no notebooks to build", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
     ship_assets(out)
-    entries, problems = [], []
+    limits = limits or retry_limits(notebook_timeout)
+    entries, problems, failed = [], [], {}
     for i, path in enumerate(paths, 1):
         print(f"[{i:>2}/{len(paths)}] {path.name} ...", end=" ", flush=True)
         try:
-            title, seconds, slides = build_deck(path, out, timeout, notebook_timeout)
+            title, seconds, slides = build_deck(path, out, timeout, notebook_timeout, limits)
         except Exception as err:  # one failing notebook is reported; the other decks are still built
             print("FAILED", flush=True)
-            problems.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
+            first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            problems.append(f"{path.name}: {type(err).__name__}: {first}")
+            failed[path.stem] = first
             continue
         problems += offline_problems((out / f"{path.stem}.html").read_text(encoding="utf-8"), path.name)
         entries.append((path.stem, title, slides))
         print(f"{slides:3d} slides, executed in {seconds:5.1f} s", flush=True)
-    (out / "index.html").write_text(index_page(entries), encoding="utf-8")
+    missing = missing_decks(out, expected if expected is not None else paths, failed)
+    (out / "index.html").write_text(index_page(decks_on_disk(out, entries), missing), encoding="utf-8")
     site_index = out.parent / "index.html"
     linked = sibling("build_site").link_slides(site_index, out)
     for p in problems:
         print("PROBLEM:", p, file=sys.stderr)
-    print(f"wrote {len(entries)} decks and index.html to {out}" + (f"; linked them from {site_index}" if linked else ""))
+    print(
+        f"wrote {len(entries)} decks and index.html to {out}" + (f"; linked them from {site_index}" if linked else "")
+    )
+    if missing:
+        print(f"missing decks, named in the index: {', '.join(missing)}", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -274,9 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebook", type=Path, nargs="+", help="build these notebooks instead of the course")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
     parser.add_argument("--notebook-timeout", type=int, default=240, help="seconds per notebook, start-up included")
+    parser.add_argument(
+        "--retry-timeout", type=int, help="seconds per rerun after a stall (default: half, 60 at least)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=RETRIES, help="reruns of a stalled notebook, each in a fresh kernel"
+    )
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebook] if args.notebook else course_notebooks(args.only)
-    return build(args.out, paths, args.timeout, args.notebook_timeout)
+    expected = paths if args.notebook else course_notebooks()  # --only: the index still covers the course
+    limits = retry_limits(args.notebook_timeout, args.retry_timeout, args.retries)
+    return build(args.out, paths, args.timeout, args.notebook_timeout, expected, limits)
 
 
 if __name__ == "__main__":

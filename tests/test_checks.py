@@ -478,6 +478,17 @@ def test_failure_report_shows_input_expected_got_and_hint(capsys):
     assert "causality" in result.failures[0].hint
 
 
+def test_the_summary_says_how_many_cases_passed():
+    """The old "FAILED 3/17 cases" read as three failures: the count is said in words, passed first."""
+    result = check("ex01_ragged_mask", mask_no_causality, verbose=False)
+    passed, total = len(result.passed_cases), result.total
+    assert 0 < passed < total, "a wrong answer that passes some cases"
+    assert result.summary == f"ex01_ragged_mask: FAILED, {passed} of {total} cases passed"
+    assert f"{passed}/{total}" not in result.report()
+    good = check("ex01_ragged_mask", mask_ok, verbose=False)
+    assert good.summary == f"ex01_ragged_mask: PASSED, {good.total} of {good.total} cases passed"
+
+
 def test_specific_hints_name_the_mistake():
     assert "before any prefill" in failed("ex02_decode_first_scheduler", plan_prefill_first).failures[0].hint
     assert "starves" in failed("ex02_decode_first_scheduler", plan_starves).failures[0].hint

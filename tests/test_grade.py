@@ -10,8 +10,10 @@ grader runs with a teacher's progress file of its own, which must stay untouched
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from cblab_teach.checks.grade import (
     main,
     summary_html,
     without_own_check,
+    write_csv,
 )
 from cblab_teach.progress import ENV as PROGRESS_ENV
 
@@ -164,6 +167,34 @@ def test_html_summary_has_every_cell(graded: Path) -> None:
 def test_summary_escapes_learner_text() -> None:
     page = summary_html([Grade("<b>x</b>", EX, "error", detail="<script>alert(1)</script>")], "t")
     assert "<script>alert" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page
+
+
+LONG_DETAIL = (
+    "case causal_two_requests: input {'lengths': [3, 2], 'positions': [[0, 1, 2], [0, 1]]}; expected "
+    "[[True, False, False], [True, True, False]]; got [[True, True, True], [True, True, True]]; hint a query "
+    "must not read a key_position after its own: check causality_at_the_end"
+)
+
+
+def test_the_summary_shows_the_whole_first_failure() -> None:
+    """grades.html used to cut the detail at 160 characters, mid-word, before "expected", "got" or the hint."""
+    page = summary_html([Grade("bob", EX, "fail", 3, 17, detail=LONG_DETAIL)], "t")
+    assert html.escape(LONG_DETAIL) in page
+    assert re.search(r"\.detail \{[^}]*white-space: pre-wrap", page), "the detail wraps instead of running off"
+
+
+def test_counts_say_how_many_passed(tmp_path: Path) -> None:
+    """A bare "3/17" after "fail" reads as three failures: the summary and the CSV say "3 of 17 cases passed"."""
+    grades = [Grade("bob", EX, "fail", 3, 17, detail="case x"), Grade("ada", EX, "pass", 17, 17)]
+    page = summary_html(grades, "t")
+    assert "3 of 17 cases passed" in page and "17 of 17 cases passed" in page and "3/17" not in page
+    write_csv(grades, tmp_path / "grades.csv")
+    rows = rows_of(tmp_path / "grades.csv")
+    assert rows[("bob", EX)]["cases"] == "3 of 17 cases passed"
+    assert rows[("bob", EX)]["cases_passed"] == "3" and rows[("bob", EX)]["cases_total"] == "17"
+    assert rows[("ada", EX)]["cases"] == "17 of 17 cases passed"
+    write_csv([Grade("cy", EX, "error", detail="boom")], tmp_path / "errors.csv")
+    assert rows_of(tmp_path / "errors.csv")[("cy", EX)]["cases"] == ""  # nothing ran: no count to state
 
 
 def test_the_course_notebooks_grade_as_expected(tmp_path: Path) -> None:

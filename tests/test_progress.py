@@ -51,6 +51,8 @@ def test_a_failing_check_is_recorded_as_tried_not_passed(record):
     assert load()["checks"]["ex13_speculative_verify"]["passed"] is False
     text = render_text()
     assert "[ ] ex13_speculative_verify  tried" in text
+    result = check("ex13_speculative_verify", verify_no_bonus, verbose=False)
+    assert f"({len(result.passed_cases)} of {result.total} cases passed)" in text, "the count says what passed"
 
 
 def test_the_map_lists_notebooks_exercises_and_the_capstone_and_ticks_what_is_done(record):

@@ -68,6 +68,11 @@ class Failure:
         )
 
 
+def cases_text(passed: int, total: int) -> str:
+    """Say "3 of 17 cases passed": a bare "3/17" after FAILED reads as three failures."""
+    return f"{passed} of {total} case{'' if total == 1 else 's'} passed"
+
+
 @dataclass
 class CheckResult:
     """Outcome of ``check``; truthy only when every case passed, so ``assert check(...)`` works."""
@@ -92,7 +97,7 @@ class CheckResult:
         if self.not_implemented:
             return f"{self.exercise}: not implemented yet -- replace the `raise NotImplementedError` with your code"
         verdict = "PASSED" if self.passed else "FAILED"
-        return f"{self.exercise}: {verdict} {len(self.passed_cases)}/{self.total} cases"
+        return f"{self.exercise}: {verdict}, {cases_text(len(self.passed_cases), self.total)}"
 
     def __bool__(self) -> bool:
         return self.passed

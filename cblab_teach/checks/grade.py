@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CBLabError
 from ..progress import ENV as PROGRESS_ENV
 from . import get_exercise
-from ._base import UnknownExerciseError
+from ._base import UnknownExerciseError, cases_text
 
 if TYPE_CHECKING:  # imported where used: ``python -m cblab_teach.checks`` shares without_own_check, not nbformat
     import nbformat
@@ -53,6 +53,7 @@ LAYOUTS = "DIR/<learner>/<exercise>.ipynb, or nbgrader's DIR/<learner>/<assignme
 
 class SubmissionFolderError(CBLabError, ValueError):
     """The class folder is not laid out as the grader reads it (no notebook found, or one handed in twice)."""
+
 
 STATUSES = ("pass", "fail", "error", "timeout", "invalid", "missing")
 STATUS_MEANING = {
@@ -125,7 +126,7 @@ def find_submissions(folder: Path) -> list[Submission]:
 
 def grading_source(exercise: str, marker: str, seed: int) -> str:
     """The cell appended to a learner's notebook: run the check on their definition, print one JSON line."""
-    return f'''
+    return f"""
 def _cblab_grade():
     import json
     from cblab_teach.checks import check, get_exercise
@@ -144,7 +145,7 @@ def _cblab_grade():
 
 
 print({marker!r} + __import__("json").dumps(_cblab_grade()))
-'''
+"""
 
 
 def calls_own_check(source: str, exercise: str) -> bool:
@@ -244,7 +245,14 @@ def grade_notebook(
     started = time.perf_counter()
 
     def done(status: str, detail: str = "", **extra: Any) -> Grade:
-        return Grade(sub.learner, sub.exercise, status, detail=one_line(detail), seconds=round(time.perf_counter() - started, 1), **extra)
+        return Grade(
+            sub.learner,
+            sub.exercise,
+            status,
+            detail=one_line(detail),
+            seconds=round(time.perf_counter() - started, 1),
+            **extra,
+        )
 
     try:
         get_exercise(sub.exercise)  # an exercise, or a project such as capstone_engine
@@ -348,17 +356,25 @@ def grade_folder(
     return with_missing(grades)
 
 
+def cases_of(grade: Grade) -> str:
+    """The counts in words ("3 of 17 cases passed"), as the check prints them; empty when no case ran."""
+    return cases_text(grade.cases_passed, grade.cases_total) if grade.cases_total else ""
+
+
 def write_csv(grades: Iterable[Grade], path: Path) -> None:
+    """One row per grade; a ``cases`` column says the counts in words beside the two numbers."""
     names = [f.name for f in fields(Grade)]
+    names.insert(names.index("cases_total") + 1, "cases")
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         for g in grades:
-            writer.writerow(asdict(g))
+            writer.writerow(asdict(g) | {"cases": cases_of(g)})
 
 
 def summary_html(grades: list[Grade], title: str) -> str:
-    """Learners down, exercises across, a coloured status in each cell (its detail on hover), pass counts below."""
+    """Learners down, exercises across, a coloured status in each cell with its whole detail (wrapped: a
+    cut-off "expected ... got ..." tells the teacher nothing), pass counts below."""
     learners = sorted({g.learner for g in grades})
     exercises = sorted({g.exercise for g in grades})
     cell = {(g.learner, g.exercise): g for g in grades}
@@ -369,18 +385,18 @@ def summary_html(grades: list[Grade], title: str) -> str:
         tds = []
         for ex in exercises:
             g = cell[(name, ex)]
-            cases = f" {g.cases_passed}/{g.cases_total}" if g.cases_total else ""
+            cases = f"<div class=cases>{cases_of(g)}</div>" if g.cases_total else ""
             tds.append(
-                f'<td class="{g.status}" title="{esc(g.detail)}">{g.status}{cases}'
-                + (f"<div class=detail>{esc(g.detail[:160])}</div>" if g.detail else "")
+                f'<td class="{g.status}">{g.status}{cases}'
+                + (f"<div class=detail>{esc(g.detail)}</div>" if g.detail else "")  # whole, wrapped
                 + "</td>"
             )
         rows.append(f"<tr><th>{esc(name)}</th>{''.join(tds)}</tr>")
     passes = "".join(
-        f"<td>{sum(cell[(n, ex)].status == 'pass' for n in learners)}/{len(learners)}</td>" for ex in exercises
+        f"<td>{sum(cell[(n, ex)].status == 'pass' for n in learners)} of {len(learners)}</td>" for ex in exercises
     )
     styles = "\n".join(f"  td.{s} {{ background: {c}; }}" for s, c in STATUS_COLOURS.items())
-    legend = "".join(f'<li><b>{s}</b>: {esc(m)}</li>' for s, m in STATUS_MEANING.items())
+    legend = "".join(f"<li><b>{s}</b>: {esc(m)}</li>" for s, m in STATUS_MEANING.items())
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -390,7 +406,7 @@ def summary_html(grades: list[Grade], title: str) -> str:
   body {{ font-family: system-ui, sans-serif; margin: 2rem; }}
   table {{ border-collapse: collapse; }}
   th, td {{ border: 1px solid #bbb; padding: .3rem .5rem; vertical-align: top; text-align: left; }}
-  .detail {{ font-size: .75rem; color: #444; max-width: 18rem; }}
+  .detail {{ font-size: .75rem; color: #444; max-width: 18rem; white-space: pre-wrap; overflow-wrap: anywhere; }}
 {styles}
 </style>
 </head>
@@ -408,9 +424,7 @@ def summary_html(grades: list[Grade], title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cblab_teach.checks grade", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m cblab_teach.checks grade", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help=f"the class folder: {LAYOUTS}")
     parser.add_argument("--time-limit", type=float, default=300, help="seconds a notebook's cells may run in all")
     parser.add_argument("--check-limit", type=float, default=300, help="seconds the check may run")

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from ._common import Frame, check_records, label
 from .animate import animated_figure
 from .colors import UNUSED_COLOR, lighten, request_color
+from .legend import legend_above, legend_key
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
@@ -114,16 +115,22 @@ class BudgetView:
         self.max_budget = max(max(r.plan.budget, r.plan.used) for r in self.records)
 
     def base(self) -> go.Figure:
-        fig = go.Figure([*_empty_traces(horizontal=True), _empty_trace(DRAFT, horizontal=True)])
-        fig.data[3].showlegend = any(getattr(c, "drafts", ()) for r in self.records for c in r.plan.chunks)
+        """The four data traces (no legend entries of their own: a frame may leave one empty), then one legend
+        key per kind the run has, so the legend is the same in every frame."""
+        data = [*_empty_traces(horizontal=True), _empty_trace(DRAFT, horizontal=True)]
+        drafts = any(getattr(c, "drafts", ()) for r in self.records for c in r.plan.chunks)
+        kinds = [*KINDS, DRAFT] if drafts else list(KINDS)
+        for trace, kind in zip(data, (*KINDS, DRAFT)):
+            trace.update(showlegend=False, legendgroup=kind)
+        keys = [legend_key(data[i].name, kind, data[i].marker.to_plotly_json()) for i, kind in enumerate(kinds)]
+        fig = go.Figure([*data, *keys])
+        fig.update_layout(legend_above(title_size=14))  # a step's title runs long: smaller, so it fits 1024 px
         fig.update_layout(
             barmode="overlay",
-            height=260,
+            height=340,
             uniformtext={"minsize": 8, "mode": "hide"},
             xaxis={"range": [0, self.max_budget], "title": "tokens in this step's budget"},
             yaxis={"showticklabels": False},
-            legend={"orientation": "h", "y": 1.25},
-            margin={"t": 70},
         )
         return fig
 

@@ -20,6 +20,7 @@ import nbformat
 import pytest
 
 from .conftest import ARTIFACTS, is_benign, offline_page
+from .figure_boxes import frame_problems
 from .lab_server import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
@@ -41,6 +42,8 @@ LESSON = [
         "mask_figure(engine.records)",
     ),
     ("markdown", "(Ask the room first: how many keys does the decode row read?)"),
+    ("markdown", "The same run's token budget, step by step."),
+    ("code", "from cblab_teach.viz import budget_figure\n\nbudget_figure(engine.records)"),
     ("markdown", "**Check yourself.** Every request finished."),
     ("code", "\n".join(["finished = set()"] + [f"# step {i}" for i in range(16)] + ["print(len(engine.requests))"])),
     ("markdown", "## Recap\n\n* one mask per step"),
@@ -152,4 +155,31 @@ def test_site_index_links_the_decks_whichever_was_built_first(deck, chromium) ->
     assert requested == [], f"the index or the deck asked the network for {requested}"
     real = [e for e in errors if not is_benign(e)]
     assert real == [], f"browser console errors: {real}"
+    context.close()
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (1024, 768)], ids=["1280x800", "1024x768"])
+def test_deck_figures_keep_legend_and_controls_off_the_data(deck, chromium, viewport) -> None:
+    """On a projector's 1024x768 too: each animated figure, on its own slide, in every frame (the budget figure's
+    legend once sat on its bar from frame 1 on)."""
+    context, page, requested, errors = offline_page(chromium, *viewport)
+    page.goto((deck / "99_small_deck.html").as_uri())
+    page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=60_000)
+    page.evaluate("Reveal.configure({transition: 'none'})")  # measure figures that stand still
+    count = page.evaluate("document.querySelectorAll('.reveal .js-plotly-plot').length")
+    assert count >= 2, "the deck has the mask and the budget figure"
+    problems = []
+    for i in range(count):
+        gd = page.evaluate_handle(f"document.querySelectorAll('.reveal .js-plotly-plot')[{i}]")
+        page.evaluate(
+            "gd => { const s = gd.closest('section'); const at = Reveal.getIndices(s); Reveal.slide(at.h, at.v); }", gd
+        )
+        page.wait_for_function("gd => gd.getBoundingClientRect().width > 300 && gd._fullLayout", arg=gd, timeout=30_000)
+        page.wait_for_timeout(300)  # the slide transition and the resize on "slidechanged"
+        frames = page.evaluate("gd => (gd._transitionData?._frames || []).map(f => f.name)", gd)
+        found, _ = frame_problems(page, gd, frames)
+        problems += [f"figure {i}: {p}" for p in found]
+        page.screenshot(path=str(ARTIFACTS / f"slides-figure-{i}-{viewport[0]}x{viewport[1]}.png"))
+    assert problems == [], "\n".join(problems)
+    assert requested == [] and [e for e in errors if not is_benign(e)] == []
     context.close()
