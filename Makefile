@@ -36,6 +36,8 @@ lab-command:  # print make lab's command line
 
 # the suite's checks never touch the learner's progress file
 test test-fast test-suite test-notebooks: export CBLAB_TEACH_PROGRESS := off
+# one thread per process: the two halves already keep both cores busy, and idle torch threads spin
+test test-suite test-notebooks: export OMP_NUM_THREADS := 1
 # make test's two halves run side by side: each mostly keeps one core busy, and a laptop or CI runner has two.
 # Each half's output is printed whole when it ends (--output-sync), and either failing fails make test.
 test: install
@@ -46,12 +48,14 @@ OPTIMIZED_TESTS := tests/test_crossings.py tests/test_preemption.py tests/test_p
 	tests/test_swap.py tests/test_prefix_cache.py tests/test_kv_cache.py
 test-suite: install  # tests marked slow (a real stalled kernel, ...) run in make test-slow, not here
 	$(PY) -m pytest tests -q -m "not slow"
-	$(PY) -O -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning $(OPTIMIZED_TESTS)
 
-test-notebooks: install  # every notebook runs top to bottom (nbval; outputs are not compared, warnings fail)
+# every notebook runs top to bottom (nbval; outputs are not compared, warnings fail); this half also runs the
+# python -O engine tests, so that both halves take about as long
+test-notebooks: install
 	@nbs=$$(ls notebooks/*.ipynb solutions/*.ipynb exercises/*.ipynb 2>/dev/null); \
 	if [ -n "$$nbs" ]; then $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_no_warnings --nbval-lax \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $$nbs; fi
+	$(PY) -O -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning $(OPTIMIZED_TESTS)
 
 test-fast: install
 	$(PY) -m pytest tests -q -m "not browser and not slow"
