@@ -45,13 +45,14 @@ def is_benign(text: str) -> bool:
     return any(re.search(pattern, text) for pattern, _ in BENIGN_CONSOLE_ERRORS)
 
 
-def offline_page(chromium, width: int, height: int):
-    """A page that may load file:// only: returns (context, page, refused urls, console errors)."""
+def offline_page(chromium, width: int, height: int, allowed: str = "file://"):
+    """A page that may load URLs starting with ``allowed`` only (file:// by default, or one local server):
+    returns (context, page, refused urls, console errors)."""
     context = chromium.new_context(viewport={"width": width, "height": height})
     refused: list[str] = []
 
     def offline(route) -> None:
-        if route.request.url.startswith("file://"):
+        if route.request.url.startswith(allowed):
             route.continue_()
         else:
             refused.append(route.request.url)

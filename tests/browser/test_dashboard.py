@@ -11,7 +11,7 @@ import pytest
 from cblab_teach import Engine, EngineConfig
 from cblab_teach.serve import build_app, serve_in_background, tiny_text_model
 
-from .conftest import ARTIFACTS, is_benign
+from .conftest import ARTIFACTS, is_benign, offline_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 PROMPTS = ["Beautiful is better than", "Simple is better", "Errors should never", "Now is better than"] * 3
@@ -36,21 +36,7 @@ def test_dashboard_draws_live_under_load_offline(chromium, width, height):
     tiny = tiny_text_model()
     engine = Engine(tiny.model, EngineConfig(max_tokens_per_step=32, prefill_chunk_size=8, num_blocks=256))
     with serve_in_background(build_app(tiny, engine)) as url:
-        context = chromium.new_context(viewport={"width": width, "height": height})
-        refused: list[str] = []
-
-        def own_server_only(route) -> None:
-            if route.request.url.startswith(url):
-                route.continue_()
-            else:
-                refused.append(route.request.url)
-                route.abort()
-
-        context.route("**/*", own_server_only)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+        context, page, refused, errors = offline_page(chromium, width, height, allowed=url)
         page.goto(url + "/dashboard")
         page.wait_for_function("document.body.dataset.step !== undefined", timeout=60_000)
         assert page.evaluate("document.body.dataset.step") == "-1"  # idle: drawn, no step yet
