@@ -25,6 +25,7 @@ class IncrementalDetokenizer:
         self.ids: list[int] = []
         self.prefix = 0  # the window starts here: text before it is final
         self.read = 0  # ids[prefix:read] decode to text already returned
+        self.done = ""  # that text, kept: it changes only when the window moves
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -32,16 +33,17 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """The text ``token_id`` completes: "" while a character is still missing bytes, or for a special token."""
         self.ids.append(int(token_id))
-        done = self._decode(self.ids[self.prefix : self.read])
         text = self._decode(self.ids[self.prefix :])
-        if len(text) <= len(done) or text.endswith(REPLACEMENT):
+        if len(text) <= len(self.done) or text.endswith(REPLACEMENT):
             return ""  # nothing new, or the last character is not complete yet: hold it
+        new = text[len(self.done) :]
         self.prefix, self.read = self.read, len(self.ids)
-        return text[len(done) :]
+        self.done = self._decode(self.ids[self.prefix : self.read])
+        return new
 
     def flush(self) -> str:
         """What is held back at the end (the sequence stopped inside a character): as ``decode`` shows it."""
-        done = self._decode(self.ids[self.prefix : self.read])
-        text = self._decode(self.ids[self.prefix :])
+        rest = self._decode(self.ids[self.prefix :])[len(self.done) :]
         self.prefix = self.read = len(self.ids)
-        return text[len(done) :]
+        self.done = ""
+        return rest
