@@ -71,7 +71,7 @@ def test_course_notebook_shape(path: Path) -> None:
     headings = [c.source.splitlines()[0].lower() for c in markdown if c.source]
     assert any(h.startswith("## recap") for h in headings)
     corner = [c for c in markdown if c.source.lower().startswith("## interview corner")]
-    assert corner and "16_interview_review_en.ipynb" in corner[0].source
+    assert corner and "17_interview_review_en.ipynb" in corner[0].source
     assert re.search(r"\(\.\./exercises/ex\d\d_\w+\.ipynb\)", _text(markdown)), "link to an exercise"
 
 
