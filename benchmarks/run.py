@@ -6,10 +6,15 @@
     python -m benchmarks.run --quick    # tiny sizes, to keep the code working (CI)
     python -m benchmarks.run --only continuous_vs_static
     python -m benchmarks.run --only swap  # swap vs recompute of a preempted request, by length
+    python -m benchmarks.run --only step_time  # the step-time model against this CPU's measured steps
+    python -m benchmarks.run --only soak  # 3 minutes of HTTP load on the server, disconnects and bad requests mixed in
+    python -m benchmarks.run --only http  # the load generator against the server vs the engine in-process
 
 Each module exposes ``run(quick: bool = False) -> dict`` with keys ``name``,
 ``metrics`` (flat numbers), ``figures`` (plotly figures) and ``table`` (row dicts).
-A benchmark that raises is reported as failed; the others still run.
+A benchmark that raises is reported as failed; the others still run. The ``LONG`` ones (minutes against a live
+server) run in a full run and with ``--only``, but are left out of :func:`discover`'s default list, which the
+quick-mode test suite (``tests/test_benchmarks_quick.py``, part of ``make test``) runs.
 """
 
 from __future__ import annotations
@@ -34,9 +39,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def discover() -> list[str]:
-    """Names of every ``bench_<name>.py`` next to this file, sorted."""
-    return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+LONG = ("http", "soak", "step_time")  # servers under minutes of load; step_time times this CPU: never in make test
+
+
+def discover(include_long: bool = False) -> list[str]:
+    """Names of every ``bench_<name>.py`` next to this file, sorted; the ``LONG`` ones only if asked for."""
+    names = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    return names if include_long else [n for n in names if n not in LONG]
 
 
 def run_one(name: str, quick: bool) -> dict:
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = discover()
+    names = discover(include_long=True)
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:

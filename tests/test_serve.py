@@ -63,6 +63,14 @@ def metric(url: str, name: str, **labels: str) -> float:
     return sum(values)
 
 
+def wait_for(url: str, name: str, want: float, timeout: float = 10.0, **labels: str) -> None:
+    """Bounded: until ``name`` reads ``want`` (an outcome is counted in the engine's thread just after the answer)."""
+    deadline = time.monotonic() + timeout
+    while metric(url, name, **labels) != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metric(url, name, **labels) == want, (name, labels)
+
+
 def wait_idle(url: str, timeout: float = 10.0) -> None:
     """Bounded: the engine has nothing running or waiting and no KV block in use."""
     deadline = time.monotonic() + timeout
@@ -192,11 +200,30 @@ def test_models_health_and_metrics(tiny, server, client):
     client.completions.create(model=tiny.name, prompt="Flat", max_tokens=3, temperature=0)
     client.completions.create(model=tiny.name, prompt=PROMPTS[0], max_tokens=20, temperature=0, stop="\n")
     wait_idle(url)  # the stop string's finish reaches the engine thread just after the answer
+    wait_for(url, "cblab:request_success_total", before[2] + 1, finished_reason="stop")
     assert metric(url, "cblab:time_to_first_token_seconds_count") == before[0] + 2
     assert metric(url, "cblab:request_success_total", finished_reason="length") == before[1] + 1
-    assert metric(url, "cblab:request_success_total", finished_reason="stop") == before[2] + 1
     # the stopped request's tokens are counted as the engine generated them: up to the stop, maybe one more step
     assert metric(url, "cblab:generation_tokens_total") >= before[3] + 3 + 7
+
+
+def test_the_success_label_is_the_finish_reason_the_client_was_told(tiny, client, server):
+    """The token that reaches max_tokens also completes the stop string: the engine ended the request for its
+    length, the client is told "stop", and /metrics must say what the client was told."""
+    url = server[1]
+    full = alone(tiny, PROMPTS[0], 24)
+    cut = full.index("\n")
+    stop, length = (metric(url, "cblab:request_success_total", finished_reason=r) for r in ("stop", "length"))
+    for stream in (False, True):
+        r = client.completions.create(model=tiny.name, prompt=PROMPTS[0], max_tokens=cut + 1, temperature=0,
+                                      stop="\n", stream=stream)  # fmt: skip
+        choices = [c.choices[0] for c in r] if stream else r.choices
+        assert "".join(c.text for c in choices) == full[:cut] and choices[-1].finish_reason == "stop"
+    wait_for(url, "cblab:request_success_total", stop + 2, finished_reason="stop")
+    assert metric(url, "cblab:request_success_total", finished_reason="length") == length
+    r = client.completions.create(model=tiny.name, prompt=PROMPTS[0], max_tokens=cut, temperature=0, stop="\n")
+    assert r.choices[0].finish_reason == "length"  # one token short of the stop: a length, and counted so
+    wait_for(url, "cblab:request_success_total", length + 1, finished_reason="length")
 
 
 # -- disconnects free the KV ----------------------------------------------------------------------------------

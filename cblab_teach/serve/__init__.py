@@ -4,8 +4,10 @@ One module per idea: ``text_model`` (text to ids and back), ``protocol`` (OpenAI
 shapes), ``engine_loop`` (the engine's own thread), ``generation`` (one request's stream of text), ``app`` (the
 FastAPI routes), ``responses`` (JSON or server-sent events), ``metrics`` (Prometheus), ``limits`` (body size),
 ``api_errors`` (OpenAI-shaped errors), ``cli`` (the flags), ``background`` (a server in a thread, for tests and
-notebooks), ``live`` and ``dashboard`` (``GET /dashboard``, the engine drawn as it serves). The ``loadgen_*``
-modules are the other side, a client for any OpenAI-compatible server (``python -m cblab_teach.loadgen``).
+notebooks), ``live`` and ``dashboard`` (``GET /dashboard``, the engine drawn as it serves). ``serve --static``
+is the same app over :class:`~cblab_teach.core.static_batching.StaticServingEngine` (static batching), so one
+load can be sent to both batchings. The ``loadgen_*`` modules are the other side, a client for any
+OpenAI-compatible server (``python -m cblab_teach.loadgen``).
 
 The names below load on first use, so ``python -m cblab_teach demo`` (whose parser knows the serve flags) never
 imports FastAPI.

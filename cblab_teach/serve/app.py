@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.engine import Engine
 from ..core.request import SamplingParams
+from ..core.static_batching import StaticServingEngine
 from ..errors import CBLabError, ConfigError, RequestError
 from . import protocol as p
 from .api_errors import APIError, bad_request, internal, unknown_model
@@ -37,11 +38,16 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt this course's models
 CHAT_MAX_TOKENS = 512  # chat default when max_tokens is absent (vLLM's is the rest of the context; a CPU is slower)
 
 
-def build_app(text_model: TextModel, engine: Engine, max_waiting: int = 256,
+def build_app(text_model: TextModel, engine: Engine | StaticServingEngine, max_waiting: int = 256,
               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
-    """An OpenAI-compatible app serving ``text_model`` through ``engine`` (which it then owns)."""
+    """An OpenAI-compatible app serving ``text_model`` through ``engine`` (which it then owns).
+
+    An :class:`Engine` batches continuously; a :class:`StaticServingEngine` (``serve --static``) batches
+    statically, behind the very same routes, so one load can be sent to both."""
     if not isinstance(max_waiting, int) or max_waiting < 1:
         raise ConfigError(f"max_waiting must be an int >= 1 (waiting requests allowed), got {max_waiting!r}")
+    if not isinstance(engine, (Engine, StaticServingEngine)):
+        raise ConfigError(f"build_app needs an Engine or a StaticServingEngine, got {engine!r}")
     metrics = ServerMetrics(text_model.name)
     loop = EngineLoop(engine, metrics, text_model.eos_token_id, max_waiting)
 
@@ -147,5 +153,6 @@ def build_app(text_model: TextModel, engine: Engine, max_waiting: int = 256,
     async def prometheus_metrics() -> Response:
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
-    add_dashboard(app, loop.live, text_model.name)
+    batching = "static" if isinstance(engine, StaticServingEngine) else "continuous"
+    add_dashboard(app, loop.live, text_model.name, batching)
     return app

@@ -4,7 +4,10 @@ vLLM's names are from its ``EngineArgs`` (``vllm/engine/arg_utils.py``: ``max_nu
 ``max_num_seqs``, ``block_size``, ``num_gpu_blocks_override``, ``enable_prefix_caching``, ``preemption_mode``)
 and ``SchedulerConfig.long_prefill_token_threshold`` (``vllm/config/scheduler.py``: the V1 scheduler cuts a
 longer prefill to that many tokens per step). ``--max-waiting`` is SGLang's ``--max-queued-requests``
-(``python/sglang/srt/server_args.py``).
+(``python/sglang/srt/server_args.py``). ``--static`` has no vLLM counterpart: vLLM's V1 scheduler
+(``Scheduler.schedule`` in ``vllm/v1/core/sched/scheduler.py``) decides at every step which requests run and admits
+waiting ones whenever the token budget and the KV pool allow, with no prefill or decode phase; nothing holds a
+batch until its longest member ends. The flag serves the course's baseline so one HTTP load can be sent to both.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 
 from ..core.config import EngineConfig
 from ..core.engine import Engine
+from ..core.static_batching import StaticServingEngine
+from ..errors import ConfigError
 from .text_model import MODELS, TextModel
 
 PREEMPTION = {"off": False, "recompute": "recompute", "swap": "swap"}
@@ -42,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(vLLM V0: --preemption-mode; off reserves each request's worst case up front)")  # fmt: skip
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="waiting requests beyond which new ones get HTTP 429 (SGLang: --max-queued-requests)")  # fmt: skip
+    parser.add_argument("--static", action="store_true",
+                        help="serve with static batching instead of continuous batching, to compare the two under "
+                             "the same load: a group of up to --max-running waiting requests is admitted only when "
+                             "the previous group has entirely finished, prompts padded to the longest, every row "
+                             "decoding until the group's longest finishes; --num-blocks x --block-size is its pool. "
+                             "vLLM has no such mode (it always batches continuously)")  # fmt: skip
 
 
 KEEP_RECORDS = 1024  # the server runs for days: it keeps its last steps' records, not all of them
@@ -60,13 +71,27 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
+def check_static(args: argparse.Namespace) -> None:
+    """``--static`` with a flag only continuous batching has is a mistake worth naming, not a flag ignored."""
+    if args.enable_prefix_caching or args.preemption != "off":
+        flag = "--enable-prefix-caching" if args.enable_prefix_caching else f"--preemption {args.preemption}"
+        raise ConfigError(f"--static serves static batching, which has no prefix caching or preemption; drop {flag}")
+
+
 def build(args: argparse.Namespace):
     """The app the flags describe (the model loaded, the engine built)."""
     from .app import build_app
 
     config = engine_config(args)  # a bad knob fails here, before the model loads
+    if args.static:
+        check_static(args)
     text_model: TextModel = MODELS[args.model]()
-    return build_app(text_model, Engine(text_model.model, config), max_waiting=args.max_waiting)
+    if args.static:
+        engine = StaticServingEngine(text_model.model, batch_size=config.max_running, num_slots=config.num_slots,
+                                     keep_records=KEEP_RECORDS)  # fmt: skip
+    else:
+        engine = Engine(text_model.model, config)
+    return build_app(text_model, engine, max_waiting=args.max_waiting)
 
 
 def require_server_packages() -> None:
@@ -90,5 +115,6 @@ def run(args: argparse.Namespace) -> None:
         app = build(args)
     except CBLabError as e:  # a bad knob or a model that is not installed: the message says what to do
         raise SystemExit(f"error: {e}") from None
-    print(f"serving {app.state.text_model.name} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    mode = " with static batching" if args.static else ""
+    print(f"serving {app.state.text_model.name}{mode} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

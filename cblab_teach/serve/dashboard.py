@@ -19,7 +19,10 @@ PAGE = Path(__file__).with_name("dashboard.html")
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def add_dashboard(app: FastAPI, live: LiveView, model_name: str) -> None:
+def add_dashboard(app: FastAPI, live: LiveView, model_name: str, batching: str = "continuous") -> None:
+    """The page, its script, and ``/dashboard/state``: the model, how it batches (``continuous`` or ``static``),
+    and the live view's last steps and requests."""
+
     @app.get("/dashboard", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
@@ -30,4 +33,4 @@ def add_dashboard(app: FastAPI, live: LiveView, model_name: str) -> None:
 
     @app.get("/dashboard/state")
     async def state() -> JSONResponse:
-        return JSONResponse({"model": model_name, **live.snapshot()})
+        return JSONResponse({"model": model_name, "batching": batching, **live.snapshot()})

@@ -1,11 +1,13 @@
 """One thread owns the engine; HTTP requests only queue work for it and read what it sends back.
 
 The engine is not thread-safe and must not be: it is a plain loop a learner can read. So the server gives it one
-thread. HTTP handlers (on the asyncio event loop) put commands in an inbox (``submit``, ``abort``, ``finish``)
-and set an event; the thread drains the inbox, runs one :meth:`~cblab_teach.core.engine.Engine.step` over
+thread. HTTP handlers (on the asyncio event loop) put commands in an inbox (``submit``, ``abort``, ``finish``,
+``told``) and set an event; the thread drains the inbox, runs one :meth:`~cblab_teach.core.engine.Engine.step` over
 everyone who is running, and hands each request's new token ids to that request's asyncio queue with
 ``loop.call_soon_threadsafe``. A request that arrives mid-run joins the batch at the next step: continuous
-batching across HTTP clients. With nothing to run, the thread sleeps on the event; it never spins.
+batching across HTTP clients (over a :class:`~cblab_teach.core.static_batching.StaticServingEngine`, ``serve
+--static``, it waits for the next group instead). With nothing to run, the thread sleeps on the event; it never
+spins.
 
 Everything the engine decides is decided here, in its own thread: whether a request is valid
 (``check_request``'s typed errors), whether the waiting queue is full, when a client's KV is freed.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ..core.engine import Engine
 from ..core.request import SamplingParams
+from ..core.static_batching import StaticServingEngine
 from ..errors import CBLabError
 from .live import LiveView
 from .metrics import ServerMetrics
@@ -96,9 +99,10 @@ class _Active:
 
 @dataclass
 class EngineLoop:
-    """Runs ``engine`` in a background thread for as long as the server lives."""
+    """Runs ``engine`` in a background thread for as long as the server lives. Continuous (:class:`Engine`) or
+    static (:class:`StaticServingEngine`), it is driven through the same public calls."""
 
-    engine: Engine
+    engine: Engine | StaticServingEngine
     metrics: ServerMetrics
     eos_token_id: int | None = None
     max_waiting: int = 256
@@ -107,6 +111,7 @@ class EngineLoop:
     _stopping: bool = False
     _thread: threading.Thread | None = None
     _active: dict[int, _Active] = field(default_factory=dict)
+    _untold: dict[int, Sink] = field(default_factory=dict)  # ended in the engine, outcome not yet told the client
     live: LiveView = field(default_factory=LiveView)  # what /dashboard shows, filled from this thread
 
     # -- the HTTP side: any thread may call these ------------------------------------------------
@@ -136,6 +141,11 @@ class EngineLoop:
         """A stop string ended this request's text: end it as done and free its KV."""
         self._command("finish", request_id)
 
+    def told(self, request_id: int, finish_reason: str) -> None:
+        """The client was told this request's ``finish_reason``: ``/metrics`` counts the outcome under that label.
+        (Only the text layer knows that a stop string ended a request the engine ended for its length.)"""
+        self._command("told", (request_id, finish_reason))
+
     def _command(self, kind: str, payload) -> None:
         self._inbox.append((kind, payload))  # deque.append is atomic: no lock needed
         self._wake.set()
@@ -158,9 +168,16 @@ class EngineLoop:
                 if kind == "submit":
                     self._admit(payload)
                     continue
+                if kind == "told":
+                    if self._untold.pop(payload[0], None) is not None:
+                        self.metrics.request_outcome(payload[1])
+                    continue
                 if kind == "abort":
                     for rid in [rid for rid, a in self._active.items() if a.sink is payload]:
                         self.engine.abort(rid)
+                    for rid in [rid for rid, sink in self._untold.items() if sink is payload]:
+                        del self._untold[rid]  # it ended, but its client left before reading how
+                        self.metrics.request_outcome("abort")
                 elif payload in self._active:
                     self.engine.finish(payload)
                 self._publish_tokens()
@@ -217,7 +234,11 @@ class EngineLoop:
             active.sink.post(Tokens(active.index, list(new), req.finish_reason))
             if req.is_finished:
                 del self._active[rid]
-                self.metrics.request_done(req.finish_reason, active.arrival, req.token_times, req.prompt_len, now)
+                if req.finish_reason == "abort":
+                    self.metrics.request_outcome("abort")
+                else:  # counted when the client is told how it ended (told), or that it left first (abort)
+                    self.metrics.request_done(active.arrival, req.token_times, req.prompt_len, now)
+                    self._untold[rid] = active.sink
                 self.live.request(rid, req.finish_reason, active.arrival, req.token_times, req.prompt_len)
                 self.engine.forget(rid)  # served: a server that runs for days keeps no request it has answered
         self._publish_state()

@@ -74,6 +74,7 @@ class Generation:
                 self.loop.finish(self.request_ids[i])
             if out.stopped or event.finish_reason is not None:
                 self.finish_reasons[i] = "stop" if out.stopped else event.finish_reason
+                self.loop.told(self.request_ids[i], self.finish_reasons[i])  # /metrics labels what the client sees
                 piece += out.finish()
                 yield Delta(i, piece, self.finish_reasons[i])
             elif piece:

@@ -10,7 +10,9 @@ vLLM's ``time_per_output_token_seconds`` observes every gap between two tokens o
 ``cblab:request_time_per_output_token_seconds`` (vLLM's later per-request metric) observes each request's
 TPOT = (E2E - TTFT) / (tokens - 1) once. ``cblab:request_aborted_total`` (clients that went away) is this
 server's own (vLLM's ``request_success_total`` has a ``finished_reason`` label whose values include
-``abort``).
+``abort``). The ``finished_reason`` label is what the client was told: when the token that reaches
+``max_tokens`` also completes a stop string, the engine ended the request for its length but the answer says
+``stop``, and so does the label. The engine loop learns it from the HTTP side (``EngineLoop.told``).
 
 Every value is set from the engine loop's thread (prometheus-client is thread-safe), never by reading the
 engine from an HTTP handler.
@@ -69,12 +71,8 @@ class ServerMetrics:
         self.waiting.set(waiting)
         self.kv_usage.set(kv_usage)
 
-    def request_done(self, finish_reason: str | None, arrival: float, token_times: list[float], prompt_len: int,
-                     end: float) -> None:  # fmt: skip
-        """One request ended: its latencies from the HTTP arrival time, and its outcome."""
-        if finish_reason == "abort":
-            self.aborted.inc()
-            return
+    def request_done(self, arrival: float, token_times: list[float], prompt_len: int, end: float) -> None:
+        """A request the engine ended on its own (not aborted): its latencies from the HTTP arrival time."""
         if token_times:
             self.ttft.observe(token_times[0] - arrival)
             for a, b in zip(token_times, token_times[1:]):
@@ -82,9 +80,15 @@ class ServerMetrics:
             if len(token_times) > 1:
                 self.tpot.observe((token_times[-1] - token_times[0]) / (len(token_times) - 1))
         self.e2e.observe(end - arrival)
-        self.success.get(finish_reason or "length", self.success["length"]).inc()
         self.prompt_tokens.inc(prompt_len)
         self.generation_tokens.inc(len(token_times))
+
+    def request_outcome(self, finish_reason: str) -> None:
+        """How one choice ended, as its client was told: ``stop`` or ``length`` (a success), or ``abort``."""
+        if finish_reason == "abort":
+            self.aborted.inc()
+        else:
+            self.success.get(finish_reason, self.success["length"]).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
