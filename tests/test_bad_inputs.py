@@ -38,7 +38,7 @@ from cblab_teach import (
 from cblab_teach.advanced.lora import LoRAAdapter
 from cblab_teach.errors import AdapterError
 from cblab_teach.plugins.base import AttentionPlugin, CachePlugin, SchedulerPlugin
-from cblab_teach.production import GPUS, MODEL_SHAPES, GPUSpec, ModelShape
+from cblab_teach.production import GPUS, MODEL_SHAPES, GPUSpec, ModelShape, step_time
 from cblab_teach.viz import (
     NoRecordsError,
     NotPagedError,
@@ -502,6 +502,18 @@ ROWS = [
         r"^GPUSpec 'H100-SXM': bandwidth_gbs must be a finite number > 0, got nan$"),
     Row("gpu: zero fp8", lambda c: gpu(fp8_tflops=0.0), ConfigError,
         r"^GPUSpec 'H100-SXM': fp8_tflops must be None \(no FP8\) or a finite number > 0, got 0\.0$"),
+    Row("gpu: zero fp32", lambda c: gpu(fp32_tflops=0), ConfigError,
+        r"^GPUSpec 'H100-SXM': fp32_tflops must be None \(not recorded\) or a finite number > 0, got 0$"),
+    Row("model shape: bool tied embeddings", lambda c: shape(tied_embeddings=1), ConfigError,
+        r"^ModelShape 'Llama-3\.1-8B': tied_embeddings must be True or False, got 1$"),
+    Row("step time: unknown model", lambda c: step_time("Llama-9B", "H100-SXM", [16]), ConfigError,
+        r"^unknown model shape 'Llama-9B'; accepted: \[.*'Llama-3\.1-8B'.*\] or a ModelShape$"),
+    Row("step time: negative context before a chunk", lambda c: step_time("Llama-3.1-8B", "H100-SXM", [], [(8, -1)]),
+        ConfigError, r"^prefill_chunks: length must be an int >= 1 and context_before an int >= 0, got \(8, -1\)$"),
+    Row("step time: negative decode context", lambda c: step_time("Llama-3.1-8B", "H100-SXM", [-4]), ConfigError,
+        r"^decode_contexts: a context is an int >= 1 .*got -4$"),
+    Row("step time: unknown dtype", lambda c: step_time("Llama-3.1-8B", "H100-SXM", [16], dtype="bf17"), ConfigError,
+        r"^unknown dtype 'bf17'; accepted: \[.*'bf16'.*\]$"),
     Row("lora: string seed", lambda c: LoRAAdapter.random(c.model, seed="x"), AdapterError,
         r"^LoRAAdapter\.random: seed must be an int in \[-2\*\*63, 2\*\*64\), got 'x'$"),
     Row("lora: bool seed", lambda c: LoRAAdapter.random(c.model, seed=True), AdapterError,

@@ -24,6 +24,7 @@ from cblab_teach.production import (
     max_kv_tokens,
     peak_flops,
     ridge_point,
+    step_flops_and_bytes,
     weight_bytes,
 )
 
@@ -124,11 +125,40 @@ def test_gemma_sliding_layers_keep_only_their_window():
     assert kv_bytes_per_request("Gemma-2-9B", 1000) == per_layer * 42 * 1008
 
 
+# Llama-3.1-8B's weights a token is multiplied with: all but the untied embedding table (128256 x 4096, a lookup)
+MATMUL_8B = 8_030_261_248 - 128256 * 4096  # 7_504_924_672
+
+
+@pytest.mark.parametrize("name", sorted(set(MODEL_SHAPES) - {"DeepSeek-V3"}))
+def test_recorded_widths_rebuild_the_parameter_count(name):
+    s = MODEL_SHAPES[name]
+    q, kv = s.q_heads * s.head_dim, s.kv_heads * s.head_dim
+    bias = q + 2 * kv if name == "Qwen2.5-7B" else 0
+    norms = (4 if name == "Gemma-2-9B" else 2) * s.hidden
+    layer = s.hidden * (q + 2 * kv) + bias + q * s.hidden + 3 * s.hidden * s.intermediate + norms
+    tables = (1 if s.tied_embeddings else 2) * s.vocab * s.hidden
+    assert tables + s.layers * layer + s.hidden == s.params
+
+
+def test_the_embedding_lookup_is_not_counted_as_a_matmul():
+    llama = MODEL_SHAPES["Llama-3.1-8B"]
+    assert llama.matmul_params == MATMUL_8B and llama.lookup_params == 128256 * 4096
+    flops, moved = step_flops_and_bytes("Llama-3.1-8B", 1, 1)
+    assert flops == 2 * MATMUL_8B + 2 * 32 * 32 * 256 and moved == 2 * MATMUL_8B + 131072
+    # a tied table is the LM head's matrix: multiplied every step, so it stays in (Gemma-2)
+    assert MODEL_SHAPES["Gemma-2-9B"].matmul_params == MODEL_SHAPES["Gemma-2-9B"].params
+    # the same model with its table tied: more FLOPs per token by exactly the table's size, twice
+    tied = dataclasses.replace(llama, tied_embeddings=True)
+    assert step_flops_and_bytes(tied, 1, 1)[0] - flops == 2 * 128256 * 4096
+    # where the widths are unknown nothing is subtracted (DeepSeek-V3's 37B activated are taken as matmuls)
+    assert MODEL_SHAPES["DeepSeek-V3"].matmul_params == 37_000_000_000
+
+
 def test_roofline_by_hand_llama_8b_on_h100():
     ridge = 989e12 / 3350e9
     assert ridge_point("H100-SXM") == pytest.approx(ridge)
     assert peak_flops("H100-SXM", "fp8") == 1979e12
-    p, w, kv = 8_030_261_248, 2 * 8_030_261_248, 131072
+    p, w, kv = MATMUL_8B, 2 * MATMUL_8B, 131072
     attn = 2 * 32 * 32 * (128 + 128)  # per query token per key: QK^T and PV over all layers
     b, c = 64, 512
     assert arithmetic_intensity("Llama-3.1-8B", b, c) == pytest.approx(b * (2 * p + attn * c) / (w + b * c * kv))
@@ -143,7 +173,7 @@ def test_roofline_by_hand_llama_8b_on_h100():
 
 def test_decode_compute_bound_batch_by_hand():
     ridge = 989e12 / 3350e9
-    p, w, kv, attn = 8_030_261_248, 2 * 8_030_261_248, 131072, 2 * 32 * 32 * 256
+    p, w, kv, attn = MATMUL_8B, 2 * MATMUL_8B, 131072, 2 * 32 * 32 * 256
     c = 128  # short contexts: weights dominate, a batch in the hundreds crosses the ridge
     expected = math.ceil(ridge * w / (2 * p + attn * c - ridge * c * kv))
     got = decode_compute_bound_batch("Llama-3.1-8B", "H100-SXM", c)
@@ -181,6 +211,17 @@ def test_gpu_numbers_are_dense_and_cited():
 def test_bad_names_get_a_config_error_naming_the_accepted_values(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_the_engine_model_as_a_shape_counts_the_same_parameters_as_torch():
+    from cblab_teach import TinyLM
+    from cblab_teach.production import engine_model_shape
+
+    mc = ModelConfig(vocab_size=300, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=100)
+    shape = engine_model_shape(mc)
+    assert shape.params == sum(p.numel() for p in TinyLM(mc, seed=0).parameters())
+    assert (shape.hidden, shape.intermediate, shape.vocab, shape.kv_heads, shape.head_dim) == (64, 100, 300, 2, 16)
+    assert shape.matmul_params == shape.params - 300 * 64  # the untied embedding table is a lookup
 
 
 def test_the_toy_engine_is_the_same_formula():

@@ -1,4 +1,4 @@
-"""From toy to production: real model shapes, GPU spec numbers, and the memory and roofline arithmetic.
+"""From toy to production: real model shapes, GPU spec numbers, the memory and roofline arithmetic, step time.
 
 Plain data and pure functions (no network, no GPU). Every number carries the link it was checked against.
 """
@@ -23,21 +23,48 @@ from .roofline import (
     ridge_point,
     step_flops_and_bytes,
 )
-from .toy import engine_kv_bytes_per_token, engine_max_concurrent_requests, engine_pool_bytes
+from .simulate import (
+    RequestResult,
+    ShapeOnlyLM,
+    SimResult,
+    poisson_arrivals,
+    poisson_workload,
+    rate_sweep,
+    simulate,
+)
+from .step_time import (
+    DEFAULT_EFFICIENCY,
+    IDEAL,
+    Efficiency,
+    OpTime,
+    StepTime,
+    step_time,
+    step_time_from_record,
+)
+from .toy import engine_kv_bytes_per_token, engine_max_concurrent_requests, engine_model_shape, engine_pool_bytes
 
 __all__ = [
+    "DEFAULT_EFFICIENCY",
     "DTYPE_BYTES",
     "GPUS",
+    "IDEAL",
     "KNOBS",
     "MODEL_SHAPES",
+    "Efficiency",
     "GPUSpec",
     "Knob",
     "ModelShape",
+    "OpTime",
+    "RequestResult",
+    "ShapeOnlyLM",
+    "SimResult",
+    "StepTime",
     "arithmetic_intensity",
     "attention_flops_per_key",
     "decode_compute_bound_batch",
     "engine_kv_bytes_per_token",
     "engine_max_concurrent_requests",
+    "engine_model_shape",
     "engine_pool_bytes",
     "kv_budget_bytes",
     "kv_bytes_per_request",
@@ -45,7 +72,13 @@ __all__ = [
     "max_concurrent_requests",
     "max_kv_tokens",
     "peak_flops",
+    "poisson_arrivals",
+    "poisson_workload",
+    "rate_sweep",
     "ridge_point",
+    "simulate",
     "step_flops_and_bytes",
+    "step_time",
+    "step_time_from_record",
     "weight_bytes",
 ]

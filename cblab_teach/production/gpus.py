@@ -25,16 +25,20 @@ class GPUSpec:
     source: str  # the vendor's sheet
     checked_via: str
     note: str = ""
+    fp32_tflops: float | None = None  # dense FP32 matmul rate; None where not recorded (set for a measured CPU)
 
     def __post_init__(self) -> None:
         """Refuse, naming the field, a figure the roofline would divide by zero on or turn into nonsense."""
-        for name in ("memory_gb", "bandwidth_gbs", "bf16_tflops", "fp8_tflops", "int8_tops"):
+        for name in ("memory_gb", "bandwidth_gbs", "bf16_tflops", "fp8_tflops", "int8_tops", "fp32_tflops"):
             value = getattr(self, name)
-            if name == "fp8_tflops" and value is None:  # a chip without FP8 tensor cores
+            if name in ("fp8_tflops", "fp32_tflops") and value is None:  # no FP8 tensor cores; FP32 not recorded
                 continue
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or not math.isfinite(value) or value <= 0:
-                accepted = "None (no FP8) or a finite number > 0" if name == "fp8_tflops" else "a finite number > 0"
+                accepted = {
+                    "fp8_tflops": "None (no FP8) or a finite number > 0",
+                    "fp32_tflops": "None (not recorded) or a finite number > 0",
+                }.get(name, "a finite number > 0")
                 raise ConfigError(f"GPUSpec {self.name!r}: {name} must be {accepted}, got {value!r}")
 
     @property

@@ -1,6 +1,7 @@
 """Shapes of real models, copied from each model's public ``config.json``, with the link beside the numbers.
 
-Only what the memory and roofline arithmetic needs: layers, query heads, KV heads, head size, parameters.
+Only what the memory, roofline and step-time arithmetic needs: layers, query heads, KV heads, head size,
+parameters, and (for the step-time model's per-operator split) hidden size, MLP width and vocabulary.
 Parameter counts of the dense models are computed from the same config (embeddings, attention and MLP
 projections, norms); each agrees with the size the model card states (8.03B, 70.6B, 7.62B, 7.25B, 9.24B).
 """
@@ -37,6 +38,10 @@ class ModelShape:
     sliding_window: int | None = None
     sliding_layers: int = 0  # how many layers attend only to the last ``sliding_window`` tokens
     note: str = ""
+    hidden: int | None = None  # model width; None where not recorded (the embedding is then not split out)
+    intermediate: int | None = None  # MLP width of a dense model
+    vocab: int | None = None
+    tied_embeddings: bool = False  # the LM head reuses the embedding table (Gemma-2)
 
     def __post_init__(self) -> None:
         """Refuse, naming the field, a shape the arithmetic would divide by zero on or turn into negative bytes."""
@@ -45,10 +50,12 @@ class ModelShape:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"{where}: {name} must be an int >= 1, got {value!r}")
-        for name in ("kv_latent_dim", "v_head_dim", "sliding_window"):
+        for name in ("kv_latent_dim", "v_head_dim", "sliding_window", "hidden", "intermediate", "vocab"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ConfigError(f"{where}: {name} must be None or an int >= 1, got {value!r}")
+        if not isinstance(self.tied_embeddings, bool):
+            raise ConfigError(f"{where}: tied_embeddings must be True or False, got {self.tied_embeddings!r}")
         if not _is_int(self.sliding_layers) or not 0 <= self.sliding_layers <= self.layers:
             raise ConfigError(
                 f"{where}: sliding_layers must be an int in [0, layers={self.layers}], got {self.sliding_layers!r}"
@@ -74,11 +81,24 @@ class ModelShape:
         """Query heads per KV head (1 = plain multi-head attention)."""
         return self.q_heads // self.kv_heads
 
+    @property
+    def lookup_params(self) -> int:
+        """Weights a step only looks rows up in, never multiplies: an untied embedding table (0 if tied or unknown)."""
+        if self.hidden is None or self.vocab is None or self.tied_embeddings:
+            return 0
+        return self.vocab * self.hidden
+
+    @property
+    def matmul_params(self) -> int:
+        """Active weights every token is multiplied with: all active ones but the embedding table (a lookup)."""
+        return self.active_params - self.lookup_params
+
 
 MODEL_SHAPES: dict[str, ModelShape] = {
     "Llama-3.1-8B": ModelShape(
         "Llama-3.1-8B", layers=32, q_heads=32, kv_heads=8, head_dim=128,
         params=8_030_261_248, active_params=8_030_261_248,
+        hidden=4096, intermediate=14336, vocab=128256,
         source=f"{HF}/meta-llama/Llama-3.1-8B/blob/main/config.json",
         checked_via=f"{HF}/NbAiLab/nb-llama-3.1-8B/blob/main/config.json (a copy naming meta-llama/Llama-3.1-8B)",
         note="hidden 4096, intermediate 14336, vocab 128256, untied embeddings",
@@ -86,6 +106,7 @@ MODEL_SHAPES: dict[str, ModelShape] = {
     "Llama-3.1-70B": ModelShape(
         "Llama-3.1-70B", layers=80, q_heads=64, kv_heads=8, head_dim=128,
         params=70_553_706_496, active_params=70_553_706_496,
+        hidden=8192, intermediate=28672, vocab=128256,
         source=f"{HF}/meta-llama/Llama-3.1-70B/blob/main/config.json",
         checked_via=f"{HF}/mattshumer/Reflection-70B-Draft/blob/refs%2Fpr%2F1/config.json (names Llama-3.1-70B-Instruct)",
         note="hidden 8192, intermediate 28672, vocab 128256, untied embeddings",
@@ -93,6 +114,7 @@ MODEL_SHAPES: dict[str, ModelShape] = {
     "Qwen2.5-7B": ModelShape(
         "Qwen2.5-7B", layers=28, q_heads=28, kv_heads=4, head_dim=128,
         params=7_615_616_512, active_params=7_615_616_512,
+        hidden=3584, intermediate=18944, vocab=152064,
         source=f"{HF}/Qwen/Qwen2.5-7B/blob/main/config.json",
         checked_via=f"{HF}/fblgit/cybertron-v4-qw7B-MGS/blob/main/config.json (names Qwen/Qwen2.5-7B)",
         note="hidden 3584, intermediate 18944, vocab 152064, q/k/v biases, untied embeddings",
@@ -100,6 +122,7 @@ MODEL_SHAPES: dict[str, ModelShape] = {
     "Mistral-7B-v0.3": ModelShape(
         "Mistral-7B-v0.3", layers=32, q_heads=32, kv_heads=8, head_dim=128,
         params=7_248_023_552, active_params=7_248_023_552,
+        hidden=4096, intermediate=14336, vocab=32768,
         source=f"{HF}/mistralai/Mistral-7B-v0.3/blob/main/config.json",
         checked_via=f"{HF}/mistralai/Mistral-7B-Instruct-v0.3/blob/c170c708c41dac9275d15a8fff4eca08d52bab71/config.json",
         note="hidden 4096, intermediate 14336, vocab 32768, sliding_window null (full attention)",
@@ -107,6 +130,7 @@ MODEL_SHAPES: dict[str, ModelShape] = {
     "Gemma-2-9B": ModelShape(
         "Gemma-2-9B", layers=42, q_heads=16, kv_heads=8, head_dim=256,
         params=9_241_705_984, active_params=9_241_705_984,
+        hidden=3584, intermediate=14336, vocab=256000, tied_embeddings=True,
         source=f"{HF}/google/gemma-2-9b/blob/main/config.json",
         checked_via=f"{HF}/ashercn97/blanked-v011/blob/main/config.json (names google/gemma-2-9b)",
         sliding_window=4096, sliding_layers=21,

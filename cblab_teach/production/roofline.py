@@ -1,14 +1,18 @@
 """Roofline arithmetic: FLOPs per byte of one forward step, and the batch where decode stops being memory-bound.
 
-One step multiplies every token by every (active) weight, ``2 x active_params`` FLOPs per token, and attends to
-its keys, ``2 x layers x q_heads x (qk_dim + v_dim)`` FLOPs per key. It reads every weight once and, for decode,
-every cached key and value of the batch. Activations are left out (small next to weights and KV).
+One step multiplies every token by every (active) weight matrix, ``2 x M`` FLOPs per token where ``M`` is
+``ModelShape.matmul_params``, and attends to its keys, ``2 x layers x q_heads x (qk_dim + v_dim)`` FLOPs per key. It
+reads every weight matrix once and, for decode, every cached key and value of the batch. Activations are left out
+(small next to weights and KV). The embedding table is not a matmul: a step looks up one row per token (a few KB)
+and neither reads the whole table nor multiplies with it, so ``M`` leaves it out (an untied table is 0.53B of
+Llama-3.1-8B's 8.03B weights); a tied table is counted, since the LM head multiplies with it.
 
-    decode, B requests with context c:  FLOPs = B (2 P + A c)   bytes = W + B c kv
-    prefill, T prompt tokens of length c: FLOPs = T (2 P + A c / 2)   bytes = W + T kv   (causal: c/2 keys on average)
+    decode, B requests with context c:  FLOPs = B (2 M + A c)   bytes = W + B c kv
+    prefill, T prompt tokens of length c: FLOPs = T (2 M + A c / 2)   bytes = W + T kv   (causal: c/2 keys on average)
 
-The GPU's ridge point is peak FLOP/s / bandwidth: below it a step waits on memory, above it on arithmetic.
-For a mixture of experts the bytes count only the active experts: a lower bound, since a large batch touches more.
+``W = M x`` the weights' element size. The GPU's ridge point is peak FLOP/s / bandwidth: below it a step waits on
+memory, above it on arithmetic. For a mixture of experts the bytes count only the active experts: a lower bound,
+since a large batch touches more. ``step_time.py`` splits the same sums per operator and turns them into seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def peak_flops(gpu: GPUSpec | str, dtype: str = "bf16") -> float:
     """Dense tensor-core FLOP/s of ``gpu`` when the matmuls run in ``dtype``."""
     g = as_gpu(gpu)
     dtype_bytes(dtype)
-    table = {"bf16": g.bf16_tflops, "fp16": g.bf16_tflops, "fp8": g.fp8_tflops, "int8": g.int8_tops}
+    table = {"bf16": g.bf16_tflops, "fp16": g.bf16_tflops, "fp8": g.fp8_tflops, "int8": g.int8_tops,
+             "fp32": g.fp32_tflops}  # fmt: skip
     if table.get(dtype) is None:
         have = sorted(k for k, v in table.items() if v is not None)
         raise ConfigError(f"{g.name} has no dense tensor-core figure for {dtype!r}; accepted: {have}")
@@ -62,12 +67,12 @@ def step_flops_and_bytes(
     positive_int("context_len", context_len)
     if phase not in PHASES:
         raise ConfigError(f"phase must be one of {PHASES}, got {phase!r}")
-    weights = s.active_params * dtype_bytes(dtype)
+    weights = s.matmul_params * dtype_bytes(dtype)
     kv = kv_bytes_per_token(s, kv_dtype or dtype)
     attn = attention_flops_per_key(s)
     if phase == "decode":
-        return batch_tokens * (2 * s.active_params + attn * context_len), weights + batch_tokens * context_len * kv
-    return batch_tokens * (2 * s.active_params + attn * context_len / 2), weights + batch_tokens * kv
+        return batch_tokens * (2 * s.matmul_params + attn * context_len), weights + batch_tokens * context_len * kv
+    return batch_tokens * (2 * s.matmul_params + attn * context_len / 2), weights + batch_tokens * kv
 
 
 def arithmetic_intensity(
@@ -95,9 +100,9 @@ def decode_compute_bound_batch(
     s = as_shape(shape)
     positive_int("context_len", context_len)
     ridge = ridge_point(gpu, dtype)
-    weights = s.active_params * dtype_bytes(dtype)
+    weights = s.matmul_params * dtype_bytes(dtype)
     kv = kv_bytes_per_token(s, kv_dtype or dtype)
-    per_request_flops = 2 * s.active_params + attention_flops_per_key(s) * context_len
+    per_request_flops = 2 * s.matmul_params + attention_flops_per_key(s) * context_len
     gain = per_request_flops - ridge * context_len * kv  # intensity(B) >= ridge  <=>  B * gain >= ridge * weights
     if gain <= 0:
         return None
