@@ -14,6 +14,9 @@ from ``<folder>/zh/`` (a sibling course notebook by its bare name, ``../../docs/
     python scripts/make_zh_notebooks.py --check              # exit 1 if a built notebook is stale or missing
     python scripts/make_zh_notebooks.py --skeleton NB.ipynb  # start a text file: each cell's English as a draft
     python scripts/make_zh_notebooks.py --stale              # list the cells whose English changed
+
+``--check`` also fails on a Chinese notebook or text file left behind by an English notebook that is gone.
+The tests (``tests/test_zh_notebooks.py``) call :func:`check` on each notebook.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ FOLDERS = ("notebooks", "exercises", "solutions")
 HEADER = re.compile(r"^<!-- cell: (?P<id>[\w-]+) \| en: (?P<hash>[0-9a-f]{8}) -->$", re.MULTILINE)
 
 
+class TextFileError(ValueError):
+    """A Chinese text file that cannot be built: bad header, stale or missing cells, unknown ids."""
+
+
 def english_hash(source: str) -> str:
     """The fingerprint a translation records of the English text it was written from."""
     return hashlib.sha256(source.encode()).hexdigest()[:8]
@@ -50,9 +57,17 @@ def read_text(path: Path) -> list[Section]:
     raw = path.read_text(encoding="utf-8")
     heads = list(HEADER.finditer(raw))
     if not heads or raw[: heads[0].start()].strip():
-        raise ValueError(f"{path}: must start with a '<!-- cell: ID | en: HASH -->' header")
+        raise TextFileError(f"{shown(path)}: must start with a '<!-- cell: ID | en: HASH -->' header")
     ends = [h.start() for h in heads[1:]] + [len(raw)]
     return [Section(h["id"], h["hash"], raw[h.end() : end].strip("\n")) for h, end in zip(heads, ends)]
+
+
+def shown(path: Path) -> str:
+    """A path as a message names it: relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def text_path(english: Path) -> Path:
@@ -66,9 +81,11 @@ def built_path(english: Path) -> Path:
 def problems(english: Path, sections: list[Section]) -> list[str]:
     """Everything that keeps the Chinese notebook from matching its English one, one line each."""
     nb = nbformat.read(english, as_version=4)
-    cells = {c.id: c for c in nb.cells if c.cell_type == "markdown"}
+    markdown = [c for c in nb.cells if c.cell_type == "markdown"]
+    out = [f"markdown cell {i} of {english.name} has no id: give it one (nbformat 4.5)"
+           for i, c in enumerate(markdown) if not c.get("id")]  # fmt: skip
+    cells = {c.id: c for c in markdown if c.get("id")}
     seen: dict[str, Section] = {}
-    out = []
     for s in sections:
         if s.cell_id in seen:
             out.append(f"cell {s.cell_id}: translated twice")
@@ -76,8 +93,10 @@ def problems(english: Path, sections: list[Section]) -> list[str]:
         if s.cell_id not in cells:
             out.append(f"cell {s.cell_id}: no markdown cell with this id in {english.name}")
         elif english_hash(cells[s.cell_id].source) != s.en_hash:
-            out.append(f"cell {s.cell_id}: the English changed since it was translated (en: "
-                       f"{s.en_hash}, now {english_hash(cells[s.cell_id].source)})")
+            out.append(
+                f"cell {s.cell_id}: the English changed since it was translated (en: "
+                f"{s.en_hash}, now {english_hash(cells[s.cell_id].source)})"
+            )
         if not s.text.strip():
             out.append(f"cell {s.cell_id}: empty translation")
     out += [f"cell {cid}: no Chinese text" for cid in cells if cid not in seen]
@@ -89,7 +108,7 @@ def build(english: Path) -> nbformat.NotebookNode:
     sections = read_text(text_path(english))
     bad = problems(english, sections)
     if bad:
-        raise ValueError(f"{text_path(english).relative_to(REPO)}:\n  " + "\n  ".join(bad))
+        raise TextFileError(f"{shown(text_path(english))}:\n  " + "\n  ".join(bad))
     text = {s.cell_id: s.text for s in sections}
     nb = copy.deepcopy(nbformat.read(english, as_version=4))
     for cell in nb.cells:
@@ -105,14 +124,52 @@ def build(english: Path) -> nbformat.NotebookNode:
 def skeleton(english: Path) -> str:
     """A text file to translate in place: every markdown cell's header and its English source."""
     nb = nbformat.read(english, as_version=4)
-    parts = [f"<!-- cell: {c.id} | en: {english_hash(c.source)} -->\n{c.source}\n"
-             for c in nb.cells if c.cell_type == "markdown"]
+    parts = [
+        f"<!-- cell: {c.id} | en: {english_hash(c.source)} -->\n{c.source}\n"
+        for c in nb.cells
+        if c.cell_type == "markdown"
+    ]
     return "\n".join(parts)
 
 
-def translated() -> list[Path]:
-    """The English notebooks that have a Chinese text file."""
-    return sorted(p for f in FOLDERS for p in (REPO / f).glob("*.ipynb") if text_path(p).exists())
+def translated(root: Path | None = None) -> list[Path]:
+    """The English notebooks under ``root`` (default: the repository) that have a Chinese text file."""
+    root = root or REPO
+    return sorted(p for f in FOLDERS for p in (root / f).glob("*.ipynb") if text_path(p).exists())
+
+
+def built_text(english: Path) -> str:
+    """The Chinese notebook's file contents, exactly as the build writes them."""
+    return nbformat.writes(build(english)) + "\n"
+
+
+def check(english: Path) -> str | None:
+    """Why ``<folder>/zh/<name>`` is not what its sources build (stale, missing, or unbuildable); None if current."""
+    target = built_path(english)
+    try:
+        text = built_text(english)
+    except TextFileError as err:
+        return str(err)
+    if not target.exists():
+        return f"{shown(target)}: missing; run python scripts/make_zh_notebooks.py"
+    if target.read_text(encoding="utf-8") != text:
+        return f"{shown(target)}: out of date; run python scripts/make_zh_notebooks.py"
+    return None
+
+
+def orphans(root: Path | None = None) -> list[str]:
+    """Chinese notebooks and text files whose English notebook is gone (or built notebooks with no text)."""
+    root = root or REPO
+    out = []
+    for folder in FOLDERS:
+        zh = root / folder / "zh"
+        for md in sorted(zh.glob("text/*.md")):
+            if not (root / folder / f"{md.stem}.ipynb").exists():
+                out.append(f"{shown(md)}: no English notebook {folder}/{md.stem}.ipynb")
+        for nb in sorted(zh.glob("*.ipynb")):
+            if not text_path(root / folder / nb.name).exists():
+                out.append(f"{shown(nb)}: no text file {folder}/zh/text/{nb.stem}.md to build it from")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,26 +188,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = False
     for english in translated():
-        rel = built_path(english).relative_to(REPO)
+        rel = shown(built_path(english))
         if args.stale:
-            for line in problems(english, read_text(text_path(english))):
+            try:
+                lines = problems(english, read_text(text_path(english)))
+            except TextFileError as err:
+                lines = [str(err)]
+            for line in lines:
                 print(f"{rel}: {line}")
                 failed = True
             continue
+        if args.check:
+            reason = check(english)
+            if reason:
+                print(reason)
+                failed = True
+            continue
         try:
-            text = nbformat.writes(build(english)) + "\n"
-        except ValueError as err:
+            text = built_text(english)
+        except TextFileError as err:
             print(err)
             failed = True
             continue
-        target = built_path(english)
-        if args.check:
-            if not target.exists() or target.read_text(encoding="utf-8") != text:
-                print(f"{rel}: out of date; run python scripts/make_zh_notebooks.py")
-                failed = True
-        else:
-            target.write_text(text, encoding="utf-8")
-            print(f"wrote {rel}")
+        built_path(english).write_text(text, encoding="utf-8")
+        print(f"wrote {rel}")
+    if args.check or args.stale:
+        for line in orphans():
+            print(line)
+            failed = True
     return 1 if failed else 0
 
 

@@ -2,14 +2,24 @@
 
 Every figure reads engine records and never re-schedules. Animated figures carry
 their frames, slider and play / pause buttons, so they play in exported HTML;
-``StepPlayer`` and ``Playground`` are the live (ipywidgets) forms.
+``StepPlayer`` and ``Playground`` are the live (ipywidgets) forms. Every view and widget takes
+``lang="en"`` or ``"zh"`` for its words; left out, the language comes from ``set_language`` or the
+notebook's folder (:mod:`cblab_teach.viz.lang`).
 """
 
 from .attention import attention_figure
 from .blocks import block_map_figure
 from .budget import budget_figure, budget_overview
 from .colors import request_color, request_colors
-from .errors import NoRecordsError, NotPagedError, StepOutOfRangeError, UnknownViewError, VizError
+from .errors import (
+    NoRecordsError,
+    NotPagedError,
+    StepOutOfRangeError,
+    UnknownLanguageError,
+    UnknownViewError,
+    VizError,
+)
+from .lang import current_language, set_language
 from .mask import mask_figure
 from .metrics import metrics_figure
 from .players import StepPlayer
@@ -23,6 +33,7 @@ __all__ = [
     "Playground",
     "StepOutOfRangeError",
     "StepPlayer",
+    "UnknownLanguageError",
     "UnknownViewError",
     "VizError",
     "attention_figure",
@@ -30,11 +41,13 @@ __all__ = [
     "budget_figure",
     "budget_overview",
     "compare_timelines",
+    "current_language",
     "mask_figure",
     "metrics_figure",
     "request_color",
     "request_colors",
     "request_states",
+    "set_language",
     "setup_notebook",
     "timeline_figure",
 ]

@@ -23,6 +23,7 @@ class StepView(Protocol):
 
     records: Sequence[StepRecord]
     trace_indices: list[int]
+    lang: str  # "en" or "zh": the words of its titles, axes, legend and controls
 
     def base(self) -> go.Figure: ...
 

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.basewidget import BaseFigureWidget
 
 from ._common import StepView, gaps_as_none
+from .labels import text
 
 CONTROLS_TOP_PX = 60  # below the plot area: room for the x tick labels and the axis title
 _FRAME_ARGS = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
@@ -58,7 +59,8 @@ def replace_figure(target: go.Figure, source: go.Figure) -> None:
 
 
 def animated_figure(view: StepView, frame_ms: int = 400) -> go.Figure:
-    """Frames for every step of ``view.records``, plus a slider and play / pause buttons."""
+    """Frames for every step of ``view.records``, plus a slider and play / pause buttons (in ``view.lang``)."""
+    lang = getattr(view, "lang", None)
     fig = view.base()
     apply_frame(fig, view, 0)
     frames = []
@@ -82,8 +84,8 @@ def animated_figure(view: StepView, frame_ms: int = 400) -> go.Figure:
                 "pad": {"t": CONTROLS_TOP_PX + 32, "r": 10},
                 "showactive": False,
                 "buttons": [
-                    {"label": "▶ play", "method": "animate", "args": [None, play_args]},
-                    {"label": "❚❚ pause", "method": "animate", "args": [[None], _FRAME_ARGS]},
+                    {"label": text(lang, "play_button"), "method": "animate", "args": [None, play_args]},
+                    {"label": text(lang, "pause_button"), "method": "animate", "args": [[None], _FRAME_ARGS]},
                 ],
             }
         ],
@@ -95,7 +97,7 @@ def animated_figure(view: StepView, frame_ms: int = 400) -> go.Figure:
                 "y": 0.0,
                 "yanchor": "top",
                 "pad": {"t": CONTROLS_TOP_PX, "b": 10},
-                "currentvalue": {"prefix": "step "},
+                "currentvalue": {"prefix": text(lang, "slider_prefix")},
                 "steps": [{"label": f.name, "method": "animate", "args": [[f.name], _FRAME_ARGS]} for f in frames],
             }
         ],

@@ -8,14 +8,19 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .errors import StepOutOfRangeError, VizError
+from .labels import text
+from .lang import resolve
 from .mask import axis_labels
 
 if TYPE_CHECKING:
     from ..plugins.attention_recorder import AttentionRecorder
 
 
-def attention_figure(recorder: AttentionRecorder, step: int = 0, layer: int = 0, head: int = 0) -> go.Figure:
+def attention_figure(
+    recorder: AttentionRecorder, step: int = 0, layer: int = 0, head: int = 0, lang: str | None = None
+) -> go.Figure:
     """Heatmap ``[queries, keys]`` of one head; masked keys (exactly zero probability) stay blank."""
+    lang = resolve(lang)
     if not recorder.maps:
         raise VizError("the AttentionRecorder holds no maps: add it to the engine before running")
     if (step, layer) not in recorder.maps:
@@ -44,9 +49,14 @@ def attention_figure(recorder: AttentionRecorder, step: int = 0, layer: int = 0,
         )
     )
     fig.update_layout(
-        title=f"attention probabilities, step {step}, layer {layer}, head {head} (blank: masked, exactly 0)",
-        xaxis={"type": "category", "showticklabels": len(keys) <= 48, "title": "keys"},
-        yaxis={"type": "category", "autorange": "reversed", "showticklabels": len(queries) <= 48, "title": "queries"},
+        title=text(lang, "attention_title", step=step, layer=layer, head=head),
+        xaxis={"type": "category", "showticklabels": len(keys) <= 48, "title": text(lang, "keys_axis")},
+        yaxis={
+            "type": "category",
+            "autorange": "reversed",
+            "showticklabels": len(queries) <= 48,
+            "title": text(lang, "queries_axis"),
+        },
         height=520,
         plot_bgcolor="white",
     )

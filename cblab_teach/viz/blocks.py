@@ -34,6 +34,8 @@ from ._common import Frame, block_owners, check_records, check_step, kv_lengths,
 from .animate import animated_figure
 from .colors import FREE_COLOR, discrete_colorscale, lighten, request_color
 from .errors import NotPagedError, VizError
+from .labels import text as words
+from .lang import resolve
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
@@ -63,7 +65,9 @@ class BlockView:
         num_blocks: int | None = None,
         block_size: int | None = None,
         show_blocks: int | None = None,
+        lang: str | None = None,
     ) -> None:
+        self.lang = resolve(lang)
         self.records = check_records(records)
         if not any(r.block_tables for r in self.records):
             raise NotPagedError(
@@ -111,7 +115,7 @@ class BlockView:
             cols=2,
             column_widths=[0.55, 0.45],
             horizontal_spacing=0.08,
-            subplot_titles=("block pool (grey: free, pale: part-filled, outlined: shared)", "block tables"),
+            subplot_titles=(words(self.lang, "pool_panel"), words(self.lang, "tables_panel")),
         )
         fig.add_trace(go.Heatmap(name="pool", hovertemplate="%{customdata}<extra></extra>", **common), 1, 1)
         fig.add_trace(go.Heatmap(name="tables", hovertemplate="%{customdata}<extra></extra>", **common), 1, 2)
@@ -130,7 +134,9 @@ class BlockView:
                 )
         fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
         fig.update_yaxes(autorange="reversed", showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
-        fig.update_xaxes(title="table index", showgrid=False, zeroline=False, dtick=1, row=1, col=2)
+        fig.update_xaxes(
+            title=words(self.lang, "table_index_axis"), showgrid=False, zeroline=False, dtick=1, row=1, col=2
+        )
         fig.update_yaxes(autorange="reversed", type="category", showgrid=False, row=1, col=2)
         fig.update_layout(height=max(380, 22 * self.rows + 160), plot_bgcolor="white")
         return fig
@@ -227,7 +233,7 @@ class BlockView:
             hit = self.hits[step].get(rid, 0)
             for i in range(min(len(record.block_tables[rid]), hit // self.block_size)):
                 hover[row][i] += f"; prefix-cache hit: {hit} prompt tokens reused at admission"
-        labels = [f"r{rid}" for rid in rids] or ["(none)"]
+        labels = [f"r{rid}" for rid in rids] or [words(self.lang, "no_tables")]
         return codes, labels, text, hover
 
     def frame(self, step: int) -> Frame:
@@ -236,16 +242,16 @@ class BlockView:
         tables, labels, text, hover = self.table_codes(step)
         used = int(np.sum(pool[~np.isnan(pool)] != FREE))
         waste = record.kv.waste_slots
-        title = (
-            f"step {record.step}: {used} of {self.num_blocks} blocks in use, {waste} slots wasted in part-filled blocks"
+        title = words(
+            self.lang, "blocks_step_title", step=record.step, used=used, num_blocks=self.num_blocks, waste=waste
         )
         pool_shared, table_shared = self.shared_markers(step)
         shared = sum(len(rids) > 1 for rids in block_owners(record).values())
         if shared:
-            title += f"; {shared} shared (outlined)"
+            title += words(self.lang, "blocks_shared_title", shared=shared)
         pool_copied, table_copied = self.copied_markers(step)
         if table_copied["x"]:
-            title += f"; {len(table_copied['x'])} copied on write (orange)"
+            title += words(self.lang, "blocks_copied_title", copied=len(table_copied["x"]))
         return [
             {"z": pool, "text": pool_text, "customdata": pool_hover},
             {"z": tables, "y": labels, "text": text, "customdata": hover},
@@ -263,9 +269,10 @@ def block_map_figure(
     step: int | None = None,
     show_blocks: int | None = None,
     frame_ms: int = 500,
+    lang: str | None = None,
 ) -> go.Figure:
     """Block pool and block tables, animated over the run (or one ``step``). Paged records only."""
-    view = BlockView(records, num_blocks, block_size, show_blocks)
+    view = BlockView(records, num_blocks, block_size, show_blocks, lang)
     if step is None:
         return animated_figure(view, frame_ms)
     fig = view.base()

@@ -20,6 +20,8 @@ import plotly.graph_objects as go
 from ._common import Frame, check_records, label
 from .animate import animated_figure
 from .colors import UNUSED_COLOR, lighten, request_color
+from .labels import text
+from .lang import resolve
 from .legend import legend_above, legend_key
 
 if TYPE_CHECKING:
@@ -28,11 +30,6 @@ if TYPE_CHECKING:
 KINDS = ("decode", "prefill", "unused")
 DRAFT = "draft"  # speculative tokens of a decode chunk: a trace of their own, after the three KINDS
 _PATTERN = {"decode": "", "prefill": "/", "unused": ".", DRAFT: ""}
-_HOVER = "%{customdata[0]}<br>%{customdata[1]}: %{customdata[2]} tokens<extra>step %{customdata[3]}</extra>"
-_DRAFT_HOVER = (
-    "%{customdata[0]}<br>%{customdata[2]} drafts, %{customdata[4]} accepted"
-    "<br>(speculative tokens verified in this decode chunk)<extra>step %{customdata[3]}</extra>"
-)
 
 
 def accepted_drafts(record: StepRecord, request_id) -> int:
@@ -65,11 +62,18 @@ def _color(kind: str, rid) -> str:
 
 
 def _trace_update(
-    kind: str, segs: list[tuple], step: int, position, horizontal: bool, record: StepRecord | None = None
+    kind: str,
+    segs: list[tuple],
+    step: int,
+    position,
+    horizontal: bool,
+    record: StepRecord | None = None,
+    lang: str | None = None,
 ) -> dict:
-    names = [label(rid) if rid is not None else "unused" for rid, _, _ in segs]
+    unused = text(lang, "unused")
+    names = [label(rid) if rid is not None else unused for rid, _, _ in segs]
     lengths = [n for _, _, n in segs]
-    customdata = [[name, kind, n, step] for name, n in zip(names, lengths)]
+    customdata = [[name, text(lang, kind) if kind in KINDS else kind, n, step] for name, n in zip(names, lengths)]
     if kind == DRAFT:  # the accepted count rides along in a fifth column
         records = record if isinstance(record, list) else [record] * len(segs)
         customdata = [cd + [accepted_drafts(r, rid)] for cd, r, (rid, _, _) in zip(customdata, records, segs)]
@@ -88,13 +92,13 @@ def _trace_update(
     return update
 
 
-def _empty_trace(kind: str, horizontal: bool) -> go.Bar:
+def _empty_trace(kind: str, horizontal: bool, lang: str | None = None) -> go.Bar:
     return go.Bar(
-        name="speculative drafts" if kind == DRAFT else kind,
+        name=text(lang, "drafts" if kind == DRAFT else kind),
         orientation="h" if horizontal else "v",
         textposition="inside",
         insidetextanchor="middle",
-        hovertemplate=_DRAFT_HOVER if kind == DRAFT else _HOVER,
+        hovertemplate=text(lang, "drafts_hover" if kind == DRAFT else "budget_hover"),
         marker={
             "pattern": {"shape": _PATTERN[kind]},
             "color": {"unused": UNUSED_COLOR, DRAFT: "#bbb"}.get(kind, "#555"),
@@ -102,14 +106,15 @@ def _empty_trace(kind: str, horizontal: bool) -> go.Bar:
     )
 
 
-def _empty_traces(horizontal: bool) -> list[go.Bar]:
-    return [_empty_trace(kind, horizontal) for kind in KINDS]
+def _empty_traces(horizontal: bool, lang: str | None = None) -> list[go.Bar]:
+    return [_empty_trace(kind, horizontal, lang) for kind in KINDS]
 
 
 class BudgetView:
-    """One step's budget as a single horizontal bar."""
+    """One step's budget as a single horizontal bar, its words in ``lang`` (None: the current language)."""
 
-    def __init__(self, records: Sequence[StepRecord]) -> None:
+    def __init__(self, records: Sequence[StepRecord], lang: str | None = None) -> None:
+        self.lang = resolve(lang)
         self.records = check_records(records)
         self.trace_indices = [0, 1, 2, 3]  # decode, prefill, unused, draft
         self.max_budget = max(max(r.plan.budget, r.plan.used) for r in self.records)
@@ -117,7 +122,7 @@ class BudgetView:
     def base(self) -> go.Figure:
         """The four data traces (no legend entries of their own: a frame may leave one empty), then one legend
         key per kind the run has, so the legend is the same in every frame."""
-        data = [*_empty_traces(horizontal=True), _empty_trace(DRAFT, horizontal=True)]
+        data = [*_empty_traces(True, self.lang), _empty_trace(DRAFT, True, self.lang)]
         drafts = any(getattr(c, "drafts", ()) for r in self.records for c in r.plan.chunks)
         kinds = [*KINDS, DRAFT] if drafts else list(KINDS)
         for trace, kind in zip(data, (*KINDS, DRAFT)):
@@ -129,7 +134,7 @@ class BudgetView:
             barmode="overlay",
             height=340,
             uniformtext={"minsize": 8, "mode": "hide"},
-            xaxis={"range": [0, self.max_budget], "title": "tokens in this step's budget"},
+            xaxis={"range": [0, self.max_budget], "title": text(self.lang, "budget_axis")},
             yaxis={"showticklabels": False},
         )
         return fig
@@ -137,31 +142,30 @@ class BudgetView:
     def frame(self, step: int) -> Frame:
         record = self.records[step]
         segs = budget_segments(record)
-        data = [_trace_update(k, segs[k], record.step, "budget", True, record) for k in (*KINDS, DRAFT)]
+        data = [_trace_update(k, segs[k], record.step, "budget", True, record, self.lang) for k in (*KINDS, DRAFT)]
         plan = record.plan
-        title = (
-            f"step {record.step}: {plan.decode_tokens} decode + {plan.prefill_tokens} prefill tokens, "
-            f"{max(plan.unused, 0)} of {plan.budget} unused"
-        )
+        title = text(self.lang, "budget_step_title", step=record.step, decode=plan.decode_tokens,
+                     prefill=plan.prefill_tokens, unused=max(plan.unused, 0), budget=plan.budget)  # fmt: skip
         drafts = sum(n for _, _, n in segs[DRAFT])
         if drafts:
             accepted = sum(accepted_drafts(record, rid) for rid, _, _ in segs[DRAFT])
-            title += f" ({drafts} of the decode tokens are drafts, {accepted} accepted)"
+            title += text(self.lang, "budget_drafts_title", drafts=drafts, accepted=accepted)
         return data, {"title": {"text": title}}
 
 
-def budget_figure(records: Sequence[StepRecord], frame_ms: int = 400) -> go.Figure:
+def budget_figure(records: Sequence[StepRecord], frame_ms: int = 400, lang: str | None = None) -> go.Figure:
     """Animated: one frame per step, with a step slider and play / pause (works offline)."""
-    return animated_figure(BudgetView(records), frame_ms)
+    return animated_figure(BudgetView(records, lang), frame_ms)
 
 
-def budget_overview(records: Sequence[StepRecord]) -> go.Figure:
+def budget_overview(records: Sequence[StepRecord], lang: str | None = None) -> go.Figure:
     """The whole run: steps on the x-axis, each bar split by request and kind, the budget line on top.
 
     Traces: decode, prefill, unused, the budget line, then speculative drafts (empty without speculation).
     """
+    lang = resolve(lang)
     records = check_records(records)
-    fig = go.Figure(_empty_traces(horizontal=False))
+    fig = go.Figure(_empty_traces(False, lang))
     per_kind: dict[str, list] = {k: [] for k in (*KINDS, DRAFT)}
     for r in records:
         for kind, segs in budget_segments(r).items():
@@ -170,7 +174,7 @@ def budget_overview(records: Sequence[StepRecord]) -> go.Figure:
         for i, kind in enumerate(KINDS):
             rows = per_kind[kind]
             steps = [r.step for r, _ in rows]
-            update = _trace_update(kind, [seg for _, seg in rows], 0, steps, horizontal=False)
+            update = _trace_update(kind, [seg for _, seg in rows], 0, steps, False, None, lang)
             update["customdata"] = [cd[:3] + [s] for cd, s in zip(update["customdata"], steps)]
             fig.data[i].update(update, overwrite=True)
     fig.add_scatter(
@@ -178,23 +182,22 @@ def budget_overview(records: Sequence[StepRecord]) -> go.Figure:
         y=[r.plan.budget for r in records],
         mode="lines",
         line={"shape": "hvh", "color": "black", "dash": "dot"},
-        name="budget",
+        name=text(lang, "budget"),
     )
     rows = per_kind[DRAFT]
     steps = [r.step for r, _ in rows]
-    draft = _trace_update(DRAFT, [seg for _, seg in rows], 0, steps, False, [r for r, _ in rows])
+    draft = _trace_update(DRAFT, [seg for _, seg in rows], 0, steps, False, [r for r, _ in rows], lang)
     draft["customdata"] = [[*cd[:3], s, cd[4]] for cd, s in zip(draft["customdata"], steps)]
-    fig.add_trace(_empty_trace(DRAFT, horizontal=False))
+    fig.add_trace(_empty_trace(DRAFT, False, lang))
     fig.data[-1].update(draft, overwrite=True)
     fig.data[-1].update(showlegend=bool(rows))
     fig.update_layout(
         barmode="overlay",
         bargap=0.05,
         uniformtext={"minsize": 8, "mode": "hide"},
-        title="token budget per step: decode (solid), prefill chunks (hatched), unused (dotted grey)"
-        + (", speculative drafts (pale)" if rows else ""),
-        xaxis_title="step",
-        yaxis_title="tokens",
+        title=text(lang, "overview_title") + (text(lang, "overview_drafts_title") if rows else ""),
+        xaxis_title=text(lang, "step_axis"),
+        yaxis_title=text(lang, "tokens_axis"),
         height=380,
     )
     return fig

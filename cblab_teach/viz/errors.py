@@ -23,3 +23,7 @@ class NotPagedError(VizError):
 
 class NoRecordsError(VizError):
     """Nothing to draw: the record list is empty."""
+
+
+class UnknownLanguageError(VizError):
+    """A language the figures and widgets have no labels for (``lang=`` or ``CBLAB_TEACH_LANG``)."""

@@ -18,6 +18,8 @@ from ..core.batch_builder import PlanLayout, plan_layout
 from ._common import Frame, check_records, check_step, run_request_ids, typed_array
 from .animate import animated_figure
 from .colors import discrete_colorscale, lighten, request_color
+from .labels import text
+from .lang import resolve
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
@@ -52,7 +54,8 @@ def axis_labels(layout: PlanLayout, request_ids: Sequence) -> tuple[list[str], l
 
 
 class MaskView:
-    def __init__(self, records: Sequence[StepRecord]) -> None:
+    def __init__(self, records: Sequence[StepRecord], lang: str | None = None) -> None:
+        self.lang = resolve(lang)
         self.records = check_records(records)
         self.trace_indices = [0]
         self.request_ids = run_request_ids(self.records)
@@ -75,8 +78,8 @@ class MaskView:
         )
         fig.update_layout(
             height=520,
-            xaxis={"title": "keys (pale: cached prefix, full: computed this step)", "type": "category"},
-            yaxis={"title": "this step's queries", "autorange": "reversed", "type": "category"},
+            xaxis={"title": text(self.lang, "mask_keys_axis"), "type": "category"},
+            yaxis={"title": text(self.lang, "mask_queries_axis"), "autorange": "reversed", "type": "category"},
             plot_bgcolor="white",
         )
         return fig
@@ -87,10 +90,8 @@ class MaskView:
         rids = record.plan.request_ids
         z = mask_codes(layout, rids, self.code_of)
         queries, keys = axis_labels(layout, rids)
-        title = (
-            f"step {record.step}: {len(queries)} queries x {len(keys)} keys, "
-            f"{int(layout.mask.sum())} visible ({int(layout.key_is_cached.sum())} cached keys)"
-        )
+        title = text(self.lang, "mask_step_title", step=record.step, queries=len(queries), keys=len(keys),
+                     visible=int(layout.mask.sum()), cached=int(layout.key_is_cached.sum()))  # fmt: skip
         update = {"z": typed_array(z), "x": keys, "y": queries}
         axes = {
             "title": {"text": title},
@@ -100,9 +101,11 @@ class MaskView:
         return [update], axes
 
 
-def mask_figure(records: Sequence[StepRecord], step: int | None = None, frame_ms: int = 600) -> go.Figure:
+def mask_figure(
+    records: Sequence[StepRecord], step: int | None = None, frame_ms: int = 600, lang: str | None = None
+) -> go.Figure:
     """The mask of one step, or (``step=None``) every step as an animation with a slider."""
-    view = MaskView(records)
+    view = MaskView(records, lang)
     if step is None:
         return animated_figure(view, frame_ms)
     fig = view.base()

@@ -18,6 +18,8 @@ from .animate import apply_frame, replace_figure
 from .blocks import BlockView
 from .budget import BudgetView
 from .errors import UnknownViewError
+from .labels import text
+from .lang import resolve
 from .mask import MaskView
 
 if TYPE_CHECKING:
@@ -27,15 +29,19 @@ VIEWS = ("budget", "mask", "blocks")
 
 
 def make_view(
-    records: Sequence[StepRecord], view: str, num_blocks: int | None = None, block_size: int | None = None
+    records: Sequence[StepRecord],
+    view: str,
+    num_blocks: int | None = None,
+    block_size: int | None = None,
+    lang: str | None = None,
 ) -> StepView:
-    """The step view named ``view`` over ``records``."""
+    """The step view named ``view`` over ``records``, its words in ``lang`` (None: the current language)."""
     if view == "budget":
-        return BudgetView(records)
+        return BudgetView(records, lang)
     if view == "mask":
-        return MaskView(records)
+        return MaskView(records, lang)
     if view == "blocks":
-        return BlockView(records, num_blocks, block_size)
+        return BlockView(records, num_blocks, block_size, lang=lang)
     raise UnknownViewError(f"unknown view {view!r}; choose one of {VIEWS}")
 
 
@@ -49,16 +55,20 @@ class StepPlayer:
         num_blocks: int | None = None,
         block_size: int | None = None,
         interval_ms: int = 400,
+        lang: str | None = None,
     ) -> None:
         if view not in VIEWS:
             raise UnknownViewError(f"unknown view {view!r}; choose one of {VIEWS}")
+        self.lang = resolve(lang)
         self.view_name = view
         self.num_blocks, self.block_size = num_blocks, block_size
-        self.view = make_view(check_records(records), view, num_blocks, block_size)
+        self.view = make_view(check_records(records), view, num_blocks, block_size, self.lang)
         self.figure = go.FigureWidget(self.view.base())
         last = len(self.view.records) - 1
-        self.slider = widgets.IntSlider(value=0, min=0, max=last, description="step", continuous_update=True)
-        self.play = widgets.Play(value=0, min=0, max=last, interval=interval_ms, description="play")
+        self.slider = widgets.IntSlider(value=0, min=0, max=last, description=text(self.lang, "player_slider"),
+                                         continuous_update=True)  # fmt: skip
+        self.play = widgets.Play(value=0, min=0, max=last, interval=interval_ms,
+                                 description=text(self.lang, "player_play"))  # fmt: skip
         widgets.jslink((self.play, "value"), (self.slider, "value"))
         self.slider.observe(self._on_slider, names="value")
         self.widget = widgets.VBox([widgets.HBox([self.play, self.slider]), self.figure])
@@ -83,7 +93,7 @@ class StepPlayer:
 
     def set_records(self, records: Sequence[StepRecord]) -> None:
         """Show a new run (same view) without replacing the widget."""
-        self.view = make_view(check_records(records), self.view_name, self.num_blocks, self.block_size)
+        self.view = make_view(check_records(records), self.view_name, self.num_blocks, self.block_size, self.lang)
         replace_figure(self.figure, self.view.base())
         last = len(self.view.records) - 1
         self.slider.max = self.play.max = last

@@ -26,6 +26,8 @@ from ..model.tiny_lm import TinyLM
 from ..workloads import make_workload
 from .animate import replace_figure
 from .budget import budget_overview
+from .labels import text
+from .lang import resolve
 from .players import StepPlayer
 from .timeline import timeline_figure
 
@@ -62,7 +64,9 @@ class Playground:
         preemption: bool = False,
         prefix_caching: bool = False,
         speculative: bool = False,
+        lang: str | None = None,
     ) -> None:
+        self.lang = lang = resolve(lang)
         if num_blocks is not None:
             kv_slots = num_blocks * block_size
         self.model = TinyLM(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=seed)
@@ -70,16 +74,16 @@ class Playground:
             "max_tokens_per_step": _int("max_tokens_per_step", max_tokens_per_step, 1, 256),
             "prefill_chunk_size": _int("prefill_chunk_size", prefill_chunk_size, 1, 128),
             "block_size": _int("block_size", block_size, 1, 64),
-            "kv_slots": _int("KV pool (slots)", kv_slots, 1, 64 * 512),
+            "kv_slots": _int(text(lang, "kv_slots"), kv_slots, 1, 64 * 512),
             "num_blocks": _int("num_blocks", max(1, kv_slots // block_size), 1, 1024),
-            "num_requests": _int("requests", num_requests, 1, 64),
-            "prompt_len": _range("prompt length", prompt_len, 1, 128),
-            "new_tokens": _range("new tokens", new_tokens, 1, 128),
-            "seed": _int("workload seed", seed, 0, 99),
-            "shared_prefix": _int("shared prefix (tokens)", shared_prefix, 0, 64),
-            "preemption": _check("preemption", preemption),
-            "prefix_caching": _check("prefix caching", prefix_caching),
-            "speculative": _check("speculative (n-gram)", speculative),
+            "num_requests": _int(text(lang, "num_requests"), num_requests, 1, 64),
+            "prompt_len": _range(text(lang, "prompt_len"), prompt_len, 1, 128),
+            "new_tokens": _range(text(lang, "new_tokens"), new_tokens, 1, 128),
+            "seed": _int(text(lang, "seed"), seed, 0, 99),
+            "shared_prefix": _int(text(lang, "shared_prefix"), shared_prefix, 0, 64),
+            "preemption": _check(text(lang, "preemption"), preemption),
+            "prefix_caching": _check(text(lang, "prefix_caching"), prefix_caching),
+            "speculative": _check(text(lang, "speculative"), speculative),
         }
         self._syncing = False
         self.status = widgets.HTML()
@@ -89,7 +93,7 @@ class Playground:
         self.timeline = go.FigureWidget()
         self.rerun()
         self.blocks = StepPlayer(self.records or self._placeholder(), view="blocks", num_blocks=self._num_blocks(),
-                                 block_size=self.controls["block_size"].value)  # fmt: skip
+                                 block_size=self.controls["block_size"].value, lang=lang)  # fmt: skip
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
         c = list(self.controls.values())
@@ -147,15 +151,21 @@ class Playground:
         tokens = sum(r.plan.used for r in records)
         budget = sum(r.plan.budget for r in records)
         stats = self.engine.stats
-        self.status.value = (
-            f"{len(records)} steps, {tokens} tokens computed, "
-            f"budget use {100 * tokens / max(budget, 1):.0f}%, peak KV {max(r.kv.reserved_slots for r in records)} slots"
-            f"; {stats.preemptions} preemptions ({stats.recomputed_tokens} tokens recomputed), "
-            f"{stats.prefix_hit_tokens} prompt tokens from the prefix cache, "
-            f"{stats.accepted_tokens} of {stats.draft_tokens} drafts accepted"
+        self.status.value = text(
+            self.lang,
+            "playground_status",
+            steps=len(records),
+            tokens=tokens,
+            use=100 * tokens / max(budget, 1),
+            peak=max(r.kv.reserved_slots for r in records),
+            preemptions=stats.preemptions,
+            recomputed=stats.recomputed_tokens,
+            hits=stats.prefix_hit_tokens,
+            accepted=stats.accepted_tokens,
+            drafts=stats.draft_tokens,
         )
-        replace_figure(self.overview, budget_overview(records))
-        replace_figure(self.timeline, timeline_figure(records))
+        replace_figure(self.overview, budget_overview(records, self.lang))
+        replace_figure(self.timeline, timeline_figure(records, lang=self.lang))
         if hasattr(self, "blocks"):
             self.blocks.num_blocks = self._num_blocks()
             self.blocks.block_size = self.controls["block_size"].value

@@ -1,8 +1,10 @@
-"""Notebook rendering that works in JupyterLab and in exported HTML, with no CDN."""
+"""Notebook rendering that works in JupyterLab and in exported HTML, with no CDN, in the notebook's language."""
 
 from __future__ import annotations
 
 import plotly.io as pio
+
+from .lang import detect_language, set_language
 
 RENDERER = "plotly_mimetype+notebook"
 
@@ -16,11 +18,15 @@ WIDGET_CSS = """<style>
 </style>"""
 
 
-def setup_notebook(renderer: str = RENDERER, widget_css: bool = True) -> str:
+def setup_notebook(renderer: str = RENDERER, widget_css: bool = True, lang: str | None = None) -> str:
     """Show figures in JupyterLab (mimetype) and embed plotly.js once (``notebook``) so exported HTML works offline.
 
     ``widget_css``: also let widget labels show their whole text (a small ``<style>`` output).
+    ``lang``: the language of every later figure and widget; None detects it now (``CBLAB_TEACH_LANG``, else a
+    kernel started in a folder named ``zh`` draws in Chinese: see :mod:`cblab_teach.viz.lang`), so the
+    Chinese notebooks, whose code is the English notebooks' code, draw in Chinese.
     """
+    set_language(detect_language() if lang is None else lang)
     pio.renderers.default = renderer
     if widget_css:
         from IPython import get_ipython

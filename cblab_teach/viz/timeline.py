@@ -29,6 +29,8 @@ from plotly.subplots import make_subplots
 from ._common import check_records, label, preemption_events, recompute_marks, run_request_ids, swap_in_events
 from .colors import PADDING_COLOR, WAITING_COLOR, request_color
 from .errors import VizError
+from .labels import text
+from .lang import resolve
 
 if TYPE_CHECKING:
     from ..core.engine import StepRecord
@@ -38,7 +40,6 @@ _PATTERN = {"waiting": "", "prefill": "/", "recompute": "x", "decode": "", "idle
 PREEMPTED_COLOR = "#d00000"
 SWAP_COLOR = "#1f5fbf"
 _PATTERN_INK = {"recompute": {"fgcolor": PREEMPTED_COLOR, "fgopacity": 0.9}}
-_HOVER_STATE = {"recompute": "recompute (prefill again: KV lost to preemption)"}
 
 
 def is_static(records: Sequence[StepRecord]) -> bool:
@@ -103,13 +104,15 @@ def _color(state: str, rid) -> str:
     return {"waiting": WAITING_COLOR, "padding": PADDING_COLOR}.get(state, request_color(rid))
 
 
-def preemption_trace(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> go.Scatter:
+def preemption_trace(
+    records: Sequence[StepRecord], showlegend: bool = True, x: str = "step", lang: str | None = None
+) -> go.Scatter:
     """A red cross at each (request, step) where the request lost its KV and went back to waiting (a swapped
     victim, which keeps its KV in the host pool, is drawn by :func:`swap_traces` instead)."""
     edges = step_edges(records, x)
     events = preemption_events(records, "recompute")
     return go.Scatter(
-        name="preempted",
+        name=text(lang, "preempted"),
         legendgroup="preempted",
         showlegend=showlegend and bool(events),
         mode="markers",
@@ -122,7 +125,9 @@ def preemption_trace(records: Sequence[StepRecord], showlegend: bool = True, x: 
     )
 
 
-def swap_traces(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> list[go.Scatter]:
+def swap_traces(
+    records: Sequence[StepRecord], showlegend: bool = True, x: str = "step", lang: str | None = None
+) -> list[go.Scatter]:
     """``swap out``: a triangle pointing down where a victim's K/V went to the host pool (``record.swapped``);
     ``swap in``: one pointing up where its admission copied it back. Empty traces (no legend) without swaps."""
     edges = step_edges(records, x)
@@ -136,7 +141,7 @@ def swap_traces(records: Sequence[StepRecord], showlegend: bool = True, x: str =
     ):  # fmt: skip
         traces.append(
             go.Scatter(
-                name=name,
+                name=text(lang, name),
                 legendgroup=name,
                 showlegend=showlegend and bool(events),
                 mode="markers",
@@ -150,7 +155,15 @@ def swap_traces(records: Sequence[StepRecord], showlegend: bool = True, x: str =
     return traces
 
 
-AXES = {"step": "step", "time": "milliseconds since the first step"}
+AXES = {"step": "step", "time": "milliseconds since the first step"}  # the English words; other languages: labels
+_AXIS_KEYS = {"step": "step_axis", "time": "time_axis"}
+
+
+def axis_title(x: str, lang: str | None = None) -> str:
+    """The x-axis title of a timeline drawn by ``x`` (``step`` or ``time``), in ``lang``."""
+    if x not in AXES:
+        raise VizError(f"x must be one of {tuple(AXES)}, got {x!r}")
+    return text(lang, _AXIS_KEYS[x])
 
 
 def step_edges(records: Sequence[StepRecord], x: str = "step") -> list[tuple[float, float]]:
@@ -163,8 +176,11 @@ def step_edges(records: Sequence[StepRecord], x: str = "step") -> list[tuple[flo
     raise VizError(f"x must be one of {tuple(AXES)}, got {x!r}")
 
 
-def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: str = "step") -> list[go.BaseTraceType]:
+def timeline_traces(
+    records: Sequence[StepRecord], showlegend: bool = True, x: str = "step", lang: str | None = None
+) -> list[go.BaseTraceType]:
     """One bar trace per state (a bar spans a run of steps in one state) and the finish marks."""
+    lang = resolve(lang)
     records = check_records(records)
     edges = step_edges(records, x)
     states = request_states(records)
@@ -175,17 +191,18 @@ def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: s
     traces: list[go.BaseTraceType] = []
     for state in STATES:
         rows = per_state[state]
+        hover_state = text(lang, "recompute_hover" if state == "recompute" else state)
         traces.append(
             go.Bar(
-                name=state,
+                name=text(lang, state),
                 legendgroup=state,
                 showlegend=showlegend and bool(rows),  # only the states this run has
                 orientation="h",
                 y=[label(rid) for rid, _, _ in rows],
                 x=[edges[b + n - 1][1] - edges[b][0] for _, b, n in rows],
                 base=[edges[b][0] for _, b, _ in rows],
-                customdata=[[label(rid), _HOVER_STATE.get(state, state), b, b + n - 1] for rid, b, n in rows],
-                hovertemplate="%{customdata[0]} %{customdata[1]}: steps %{customdata[2]}..%{customdata[3]}<extra></extra>",
+                customdata=[[label(rid), hover_state, b, b + n - 1] for rid, b, n in rows],
+                hovertemplate=text(lang, "state_hover"),
                 marker={
                     "color": [_color(state, rid) for rid, _, _ in rows] or WAITING_COLOR,
                     "pattern": {"shape": _PATTERN[state], **_PATTERN_INK.get(state, {})},
@@ -194,19 +211,19 @@ def timeline_traces(records: Sequence[StepRecord], showlegend: bool = True, x: s
                 },
             )
         )
-    traces.append(preemption_trace(records, showlegend, x))
-    traces += swap_traces(records, showlegend, x)
+    traces.append(preemption_trace(records, showlegend, x, lang))
+    traces += swap_traces(records, showlegend, x, lang)
     done = finish_steps(records)
     traces.append(
         go.Scatter(
-            name="finished",
+            name=text(lang, "finished"),
             legendgroup="finished",
             showlegend=showlegend,
             mode="markers",
             x=[edges[step][1] for step in done.values()],
             y=[label(rid) for rid in done],
             marker={"symbol": "line-ns", "size": 14, "line": {"width": 3, "color": "black"}},
-            hovertemplate="%{y} finished after step %{customdata}<extra></extra>",
+            hovertemplate=text(lang, "finished_hover"),
             customdata=list(done.values()),
         )
     )
@@ -223,14 +240,17 @@ def _height(fig: go.Figure, rows: int, least: int) -> int:
     return max(least, 22 * rows + least - 160, 29 * entries + 190)  # plotly's margins take 180 px
 
 
-def timeline_figure(records: Sequence[StepRecord], title: str = "", x: str = "step") -> go.Figure:
+def timeline_figure(
+    records: Sequence[StepRecord], title: str = "", x: str = "step", lang: str | None = None
+) -> go.Figure:
     """Gantt chart of every request of a run; ``x="time"`` spaces steps by their measured duration."""
+    lang = resolve(lang)
     records = check_records(records)
-    fig = go.Figure(timeline_traces(records, x=x))
+    fig = go.Figure(timeline_traces(records, x=x, lang=lang))
     fig.update_layout(
         barmode="overlay",
-        title=title or f"request timeline: {len(records)} steps",
-        xaxis_title=AXES[x],
+        title=title or text(lang, "timeline_title", steps=len(records)),
+        xaxis_title=axis_title(x, lang),
         yaxis={
             "autorange": "reversed",
             "type": "category",
@@ -246,11 +266,16 @@ def compare_timelines(
     continuous_records: Sequence[StepRecord],
     static_records: Sequence[StepRecord],
     x: str = "step",
-    names: tuple[str, str] = ("continuous batching", "static batching"),
-    title: str = "same workload, two schedulers",
+    names: tuple[str, str] | None = None,
+    title: str | None = None,
+    lang: str | None = None,
 ) -> go.Figure:
     """Two runs of the same workload side by side on one x-axis (steps or time): by default continuous vs
-    static batching; ``names`` labels the two panels for any other pair (recompute vs swap, say)."""
+    static batching; ``names`` labels the two panels for any other pair (recompute vs swap, say).
+    ``names`` and ``title`` default to their words in ``lang``."""
+    lang = resolve(lang)
+    names = names or (text(lang, "continuous"), text(lang, "static"))
+    title = text(lang, "compare_title") if title is None else title
     cont, stat = check_records(continuous_records), check_records(static_records)
     order = _request_order(cont)
     order += [r for r in _request_order(stat) if r not in order]
@@ -259,17 +284,20 @@ def compare_timelines(
         cols=2,
         shared_yaxes=True,
         horizontal_spacing=0.04,
-        subplot_titles=(f"{names[0]}: {len(cont)} steps", f"{names[1]}: {len(stat)} steps"),
+        subplot_titles=(
+            text(lang, "compare_panel", name=names[0], steps=len(cont)),
+            text(lang, "compare_panel", name=names[1], steps=len(stat)),
+        ),
     )
-    left = timeline_traces(cont, x=x)
+    left = timeline_traces(cont, x=x, lang=lang)
     for trace in left:
         fig.add_trace(trace, 1, 1)
     shown = {t.name for t in left if t.showlegend}
-    for trace in timeline_traces(stat, x=x):  # a legend entry only the right panel needs is shown once
+    for trace in timeline_traces(stat, x=x, lang=lang):  # a legend entry only the right panel needs is shown once
         trace.showlegend = bool(trace.showlegend) and trace.name not in shown
         fig.add_trace(trace, 1, 2)
     last = max(step_edges(cont, x)[-1][1], step_edges(stat, x)[-1][1])
-    fig.update_xaxes(title=AXES[x], range=[step_edges(cont, x)[0][0], last])
+    fig.update_xaxes(title=axis_title(x, lang), range=[step_edges(cont, x)[0][0], last])
     fig.update_yaxes(autorange="reversed", type="category", categoryorder="array", categoryarray=order)
     fig.update_layout(barmode="overlay", height=_height(fig, len(order), 320), title=title)
     return fig

@@ -26,7 +26,7 @@ ANIMATED = "[...document.querySelectorAll('.js-plotly-plot')].filter(gd => (gd._
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     build = subprocess.run(
-        [sys.executable, "scripts/build_site.py", "--only", "04", "--out", str(out)],
+        [sys.executable, "scripts/build_site.py", "--only", "04", "--lang", "en", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
