@@ -3,11 +3,15 @@
 In a solution notebook, a region is marked inside a code cell::
 
     ### BEGIN SOLUTION
-    # HINT: what the stub's message says (optional; a default otherwise)
+    # HINT: write the decode-first planner
     ...the solution...
     ### END SOLUTION
 
-and becomes ``raise NotImplementedError("<hint>")`` at the same indentation.
+and becomes ``raise NotImplementedError("write the decode-first planner; see the hints below")`` at the
+same indentation. The message only names the task: a learner who runs the cell before thinking must not read
+the answer in it, so a ``# HINT:`` that reads as code or a formula is refused (:func:`message_problems`). The
+help lives in the markdown cell after the exercise cell, in three collapsible tiers (a nudge, the idea,
+pseudo-code), which the learner opens one at a time.
 Cells that use a stubbed name (or anything computed from one) get the
 ``raises-exception`` tag, so the exercise notebook still runs top to bottom
 under nbval. Outputs and execution counts are stripped.
@@ -32,13 +36,48 @@ REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO / "solutions"
 EXERCISES = REPO / "exercises"
 BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "# HINT:"
-DEFAULT_HINT = "write your solution here (the explanation above says what it must do)"
+DEFAULT_HINT = "write your solution here"
+HINTS_BELOW = "see the hints below"
+MAX_MESSAGE = 100  # characters: a stub's message names the task, it does not explain it
+# What makes a stub's message read as code or a formula, each with the reason it is refused. Prose may use
+# commas, semicolons, apostrophes and hyphenated words ("decode-first"); nothing else a formula needs.
+CODE_SIGNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("an operator, bracket, quote or backtick", re.compile(r"[\[\](){}=+*/<>%^|&~`\"\\:@!]")),
+    ("a minus sign (a hyphen joins two letters)", re.compile(r"(?<![A-Za-z])-|-(?![A-Za-z])")),
+    ("a digit", re.compile(r"\d")),
+    ("an identifier with an underscore", re.compile(r"\w*_\w*")),
+    ("a dotted name", re.compile(r"[A-Za-z_]\w*\.\w")),
+    ("a CamelCase name", re.compile(r"\b[A-Z]?[a-z]+[A-Z]\w*")),
+    (
+        "a Python keyword used as code",
+        re.compile(r"\b(?:lambda|def|elif|None|True|False|nonlocal|import|yield|assert|del)\b|\bfor \w+ in\b"),
+    ),
+)
 RAISES = "raises-exception"
 PATTERNS = ("ex*.ipynb", "capstone*.ipynb")  # the exercises, then the capstone built from them
 
 
 def _notebooks(folder: Path) -> list[Path]:
     return sorted(p for pattern in PATTERNS for p in folder.glob(pattern))
+
+
+def message_problems(message: str) -> list[str]:
+    """Why ``message`` would give the answer away (empty when it is a plain sentence that points to the hints)."""
+    found = [f"{why}: {m.group(0)!r}" for why, pattern in CODE_SIGNS if (m := pattern.search(message))]
+    if len(message) > MAX_MESSAGE:
+        found.append(f"longer than {MAX_MESSAGE} characters ({len(message)})")
+    if not message.endswith(HINTS_BELOW):
+        found.append(f"does not end with {HINTS_BELOW!r}")
+    return found
+
+
+def stub_message(hints: list[str]) -> str:
+    """The stub's message: the ``# HINT:`` sentence (or the default), then where the help is."""
+    message = f"{' '.join(hints) or DEFAULT_HINT}; {HINTS_BELOW}"
+    problems = message_problems(message)
+    if problems:
+        raise ValueError(f"stub message {message!r} gives the answer away: {'; '.join(problems)}")
+    return message
 
 
 def stub_source(source: str) -> tuple[str, bool]:
@@ -57,7 +96,7 @@ def stub_source(source: str) -> tuple[str, bool]:
             if region is None:
                 raise ValueError(f"{END!r} without {BEGIN!r}")
             hints = [r.strip()[len(HINT) :].strip() for r in region if r.strip().startswith(HINT)]
-            out.append(f"{indent}raise NotImplementedError({json.dumps(' '.join(hints) or DEFAULT_HINT)})")
+            out.append(f"{indent}raise NotImplementedError({json.dumps(stub_message(hints))})")
             region = None
         elif region is not None:
             region.append(line)

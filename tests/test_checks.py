@@ -3,6 +3,7 @@ and passes on a correct answer written independently of the library's reference.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import re
@@ -25,8 +26,14 @@ def stub(*args, **kwargs):
     raise NotImplementedError("hint: build the mask with broadcasting")
 
 
+@functools.cache
+def _quiet_check(name: str, learner) -> CheckResult:
+    """One run per (exercise, answer): the checks are deterministic, and a sampler's run is thousands of draws."""
+    return check(name, learner, verbose=False)
+
+
 def failed(name: str, learner) -> CheckResult:
-    result = check(name, learner, verbose=False)
+    result = _quiet_check(name, learner)
     assert not result.passed and not result, f"{name}: the check accepted a wrong answer"
     assert result.failures and result.failures[0].hint
     return result
@@ -376,6 +383,112 @@ def merge_unnormalised(outs, lses):
     return (w[..., None] * outs).sum(0)
 
 
+# -- ex15: seeded sampler ---------------------------------------------------------------------
+class SamplerOk:
+    """Written apart from the library: Python floats, a loop over the ranked tokens, an inverse-CDF draw.
+
+    ``probs``'s keyword switches plant the classic mistakes; the wrong samplers below draw from them."""
+
+    def __init__(self, seed):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def probs(logits, temperature, top_k, top_p, temperature_after=False, ties=True, renormalised=True, extra=0):
+        z = [float(v) / (1.0 if temperature_after else temperature) for v in logits]
+        ranked = sorted(range(len(z)), key=lambda t: -z[t])
+        keep = set(ranked)
+        if 0 < top_k < len(z):
+            kth = z[ranked[top_k - 1]]
+            keep = {t for t in keep if z[t] >= kth} if ties else set(ranked[:top_k])
+        top = max(z)
+        if top_p < 1.0:
+            total = sum(math.exp(z[t] - top) for t in (keep if renormalised else ranked))
+            kept, mass = [], 0.0
+            for t in (t for t in ranked if t in keep):
+                if mass >= top_p:
+                    break
+                kept.append(t)
+                mass += math.exp(z[t] - top) / total
+            keep = set([t for t in ranked if t in keep][: max(1, len(kept) + extra)])
+        scale = temperature if temperature_after else 1.0  # dividing probabilities: renormalising undoes it
+        weights = [math.exp(z[t] - top) / scale if t in keep else 0.0 for t in range(len(z))]
+        return torch.tensor([w / sum(weights) for w in weights], dtype=torch.float64)
+
+    def sample(self, logits, temperature=1.0, top_k=0, top_p=1.0):
+        u = float(torch.rand((), dtype=torch.float64, generator=self.generator))
+        probs, mass = self.probs(logits, temperature, top_k, top_p).tolist(), 0.0
+        for t, p in enumerate(probs):
+            mass += p
+            if u < mass:
+                return t
+        return max(t for t, p in enumerate(probs) if p > 0)  # u past a total rounded just below 1
+
+
+def _planted(name, **mistake):
+    """A sampler with one planted mistake in its distribution, drawing correctly from it."""
+
+    def sample(self, logits, temperature=1.0, top_k=0, top_p=1.0):
+        probs = self.probs(logits, temperature, top_k, top_p, **mistake)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    return type(name, (SamplerOk,), {"sample": sample, "mistake": mistake})
+
+
+SamplerTemperatureAfterSoftmax = _planted("SamplerTemperatureAfterSoftmax", temperature_after=True)
+SamplerTopKDropsTies = _planted("SamplerTopKDropsTies", ties=False)
+SamplerTopPOneTooFew = _planted("SamplerTopPOneTooFew", extra=-1)
+SamplerTopPOneTooMany = _planted("SamplerTopPOneTooMany", extra=1)
+SamplerTopPNotRenormalised = _planted("SamplerTopPNotRenormalised", renormalised=False)
+
+
+class SamplerDrawsUnnormalised(SamplerOk):
+    """Zeroes the filtered tokens of the full softmax and never renormalises: an inverse-CDF draw past the kept
+    mass lands on the last token."""
+
+    @classmethod
+    def unnormalised(cls, logits, temperature, top_k, top_p):
+        full = torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, -1)
+        kept = torch.where(cls.probs(logits, temperature, top_k, top_p) > 0, full, torch.zeros_like(full))
+        kept[-1] += 1 - kept.sum()
+        return kept
+
+    def sample(self, logits, temperature=1.0, top_k=0, top_p=1.0):
+        probs = self.unnormalised(logits, temperature, top_k, top_p)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class SamplerGlobalGenerator(SamplerOk):
+    def sample(self, logits, temperature=1.0, top_k=0, top_p=1.0):
+        return int(torch.multinomial(self.probs(logits, temperature, top_k, top_p), 1))  # torch's shared stream
+
+
+class SamplerReseedsEveryCall(SamplerOk):
+    def __init__(self, seed):
+        self.seed = seed
+
+    def sample(self, logits, temperature=1.0, top_k=0, top_p=1.0):
+        generator = torch.Generator().manual_seed(self.seed)
+        return int(torch.multinomial(self.probs(logits, temperature, top_k, top_p), 1, generator=generator))
+
+
+class SamplerIgnoresTheSeed(SamplerOk):
+    def __init__(self, seed):
+        super().__init__(0)
+
+
+SAMPLER_HINTS = {  # each planted mistake -> words its first failing case's hint must hold
+    SamplerTemperatureAfterSoftmax: "LOGITS by the temperature",
+    SamplerTopKDropsTies: "tie with the k-th largest",
+    SamplerTopPOneTooFew: "one token too few",
+    SamplerTopPOneTooMany: "one token too many",
+    SamplerTopPNotRenormalised: "renormalised over the tokens top-k kept",
+    SamplerDrawsUnnormalised: "the filters remove them",
+    SamplerGlobalGenerator: "OWN generator",
+    SamplerReseedsEveryCall: "re-seeded on every call",
+    SamplerIgnoresTheSeed: "the seed is ignored",
+}
+
+
 CORRECT = {
     "ex01_ragged_mask": mask_ok,
     "ex02_decode_first_scheduler": plan_ok,
@@ -386,6 +499,7 @@ CORRECT = {
     "ex07_priority_plugin": PriorityOk,
     "ex08_ttft_tpot": metrics_ok,
     "ex09_lse_merge": merge_ok,
+    "ex15_sampler": SamplerOk,
     **BUILD_CORRECT,
 }
 
@@ -427,6 +541,7 @@ WRONG = {
         metrics_tpot_zero_for_one_token,
     ],
     "ex09_lse_merge": [merge_plain_average, merge_naive_exp, merge_nan_on_empty_rows, merge_unnormalised],
+    "ex15_sampler": list(SAMPLER_HINTS),
     **BUILD_WRONG,
 }
 
@@ -453,7 +568,7 @@ def test_independent_correct_answer_passes(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_stub_fails_with_a_clear_message(name, capsys):
     learner = stub
-    if name in ("ex04_paged_allocator", "ex07_priority_plugin"):
+    if name in ("ex04_paged_allocator", "ex07_priority_plugin", "ex15_sampler"):
         base = SchedulerPlugin if name == "ex07_priority_plugin" else object
         learner = type("Stub", (base,), {"__init__": stub})
     result = check(name, learner)
@@ -628,3 +743,119 @@ def test_the_exercise_notebook_stub_fails_as_not_implemented(name):
     result = check(name, stub_from_notebook, verbose=False)
     assert not result and result.not_implemented, result.summary
     assert "not implemented yet" in result.summary
+
+
+# -- ex15: the chi-square judge is sharp enough, and no sharper -------------------------------------------------------
+def test_sampler_hints_name_the_mistake():
+    for wrong, words in SAMPLER_HINTS.items():
+        assert words in failed("ex15_sampler", wrong).failures[0].hint, wrong.__name__
+
+
+def test_chi2_survival_function_matches_the_printed_tables():
+    from cblab_teach.checks.ex15_sampler import chi2_sf
+
+    # critical values of the chi-square distribution as printed in every statistics table
+    for statistic, dof, tail in [(3.841459, 1, 0.05), (9.487729, 4, 0.05), (20.515006, 5, 0.001), (6.634897, 1, 0.01)]:
+        assert chi2_sf(statistic, dof) == pytest.approx(tail, rel=1e-5)
+    assert chi2_sf(0.0, 3) == 1.0
+
+
+def test_chi_square_pools_rare_tokens_and_scores_a_perfect_sample_zero():
+    from collections import Counter
+
+    from cblab_teach.checks.ex15_sampler import chi_square
+
+    probs = torch.tensor([0.5, 0.3, 0.197, 0.002, 0.001], dtype=torch.float64)  # 2 + 1 expected: too rare alone
+    perfect = chi_square(Counter({0: 500, 1: 300, 2: 197, 3: 2, 4: 1}), probs, 1000)
+    assert perfect.statistic == pytest.approx(0.0) and perfect.dof == 2 and perfect.p_value == pytest.approx(1.0)
+    skewed = chi_square(Counter({0: 700, 1: 200, 2: 100}), probs, 1000)
+    assert skewed.statistic == pytest.approx(80 + 100 / 3 + 50)  # the last bin: tokens 2, 3, 4 expect 200, got 100
+    assert skewed.p_value < 1e-20
+
+
+def test_the_target_is_the_engines_own_sampling_distribution():
+    from cblab_teach.checks.ex15_sampler import EXERCISE, target_probs
+    from cblab_teach.core.request import Request, SamplingParams
+    from cblab_teach.core.sampling import token_probs
+
+    for case in EXERCISE.fixed_cases():
+        if "settings" not in case.inputs:
+            continue
+        logits, s = torch.tensor(case.inputs["logits"]), case.inputs["settings"]
+        request = Request(0, [1], 1, sampling=SamplingParams(s["temperature"], s["top_k"], s["top_p"], seed=0))
+        assert torch.allclose(target_probs(logits, **s), token_probs(logits, request))
+        assert torch.allclose(target_probs(logits, **s), SamplerOk.probs(logits, **s))  # and the independent one
+
+
+def test_a_temperature_that_cannot_sample_is_a_typed_error_naming_it():
+    from cblab_teach.checks.ex15_sampler import target_probs
+
+    for bad in (0.0, -1.0):
+        with pytest.raises(CBLabError, match=str(bad)):
+            target_probs(torch.zeros(3), bad, 0, 1.0)
+
+
+def _critical_value(dof: int, alpha: float) -> float:
+    """The statistic whose upper tail is ``alpha`` (bisection on the survival function)."""
+    from cblab_teach.checks.ex15_sampler import chi2_sf
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if chi2_sf(mid, dof) > alpha else (lo, mid)
+    return hi
+
+
+def _noncentral_cdf(x: float, dof: int, lam: float) -> float:
+    """P(X <= x) for X noncentral chi-square: a Poisson(lam / 2) mixture of central ones."""
+    from cblab_teach.checks.ex15_sampler import chi2_sf
+
+    total = 0.0
+    for j in range(int(lam / 2 + 12 * math.sqrt(lam / 2 + 1) + 50)):
+        weight = math.exp(-lam / 2 + j * math.log(lam / 2) - math.lgamma(j + 1)) if lam > 0 else float(j == 0)
+        total += weight * (1 - chi2_sf(x, dof + 2 * j))
+    return total
+
+
+def miss_probability(wrong: torch.Tensor, exact: torch.Tensor, draws: int) -> float:
+    """How likely ``draws`` tokens from ``wrong`` pass one case judged against ``exact``: a token outside the
+    support fails at once; otherwise Pearson's statistic is about noncentral chi-square (the usual large-sample
+    approximation), on the bins the check uses."""
+    from cblab_teach.checks.ex15_sampler import ALPHA, MIN_EXPECTED
+
+    outside = float(wrong[exact == 0].sum())
+    if outside > 0:
+        return (1 - outside) ** draws
+    order = sorted((t for t in range(len(exact)) if exact[t] > 0), key=lambda t: -float(exact[t]))
+    bins = [[t] for t in order if exact[t] * draws >= MIN_EXPECTED]
+    rare = [t for t in order if exact[t] * draws < MIN_EXPECTED]
+    if rare and (sum(float(exact[t]) for t in rare) * draws >= MIN_EXPECTED or not bins):
+        bins.append(rare)
+    elif rare:
+        bins[-1].extend(rare)
+    p = [sum(float(exact[t]) for t in b) for b in bins]
+    q = [sum(float(wrong[t]) for t in b) for b in bins]
+    lam = draws * sum((qi - pi) ** 2 / pi for pi, qi in zip(p, q))
+    return _noncentral_cdf(_critical_value(len(bins) - 1, ALPHA), len(bins) - 1, lam)
+
+
+def test_every_planted_mistake_fails_every_time_not_by_luck():
+    """Fixed seeds make each run of the check the same, so passing the wrong answers once proves little: here,
+    for each mistake in the distribution, some fixed case rejects it with probability above 1 - 1e-12 whatever
+    the seed. (The seed mistakes fail by construction: two samplers seeded alike drawing in turns.)"""
+    from cblab_teach.checks.ex15_sampler import EXERCISE, target_probs
+
+    cases = [c.inputs for c in EXERCISE.fixed_cases() if "settings" in c.inputs]
+    mistakes = [SamplerTemperatureAfterSoftmax, SamplerTopKDropsTies, SamplerTopPOneTooFew, SamplerTopPOneTooMany]
+    for wrong in [*mistakes, SamplerTopPNotRenormalised, SamplerDrawsUnnormalised]:
+        misses = []
+        for x in cases:
+            logits = torch.tensor(x["logits"])
+            if wrong is SamplerDrawsUnnormalised:
+                probs = wrong.unnormalised(logits, **x["settings"])
+            else:
+                probs = wrong.probs(logits, **x["settings"], **wrong.mistake)
+            misses.append(miss_probability(probs, target_probs(logits, **x["settings"]), x["draws"]))
+        assert min(misses) < 1e-12, f"{wrong.__name__} may slip through: {misses}"
+    exact = target_probs(torch.tensor(cases[0]["logits"]), **cases[0]["settings"])
+    assert miss_probability(exact, exact, cases[0]["draws"]) == pytest.approx(1 - 1e-6)  # the right one passes

@@ -100,7 +100,7 @@ def test_notebook_links_back_to_its_course_notebook_and_ends_with_an_interview_c
 def test_stub_regions_become_raises_with_the_hint():
     source = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: add one\n    return x + 1\n    ### END SOLUTION\n"
     stubbed, found = make_exercises.stub_source(source)
-    assert found and stubbed == 'def f(x):\n    raise NotImplementedError("add one")'
+    assert found and stubbed == 'def f(x):\n    raise NotImplementedError("add one; see the hints below")'
     stubbed, _ = make_exercises.stub_source("def g():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION")
     assert make_exercises.DEFAULT_HINT in stubbed
     with pytest.raises(ValueError):

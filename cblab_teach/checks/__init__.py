@@ -33,6 +33,7 @@ NAMES = (
     "ex12_preemption",
     "ex13_speculative_verify",
     "ex14_adaptive_budget",
+    "ex15_sampler",
 )
 EXERCISES: dict[str, Exercise] = {name: import_module(f".{name}", __name__).EXERCISE for name in NAMES}
 # Projects graded like exercises, built from them: check("capstone_engine", MyEngine) (see capstone/).
