@@ -54,6 +54,28 @@ def course_notebooks() -> list[str]:
     return sorted(p.stem for p in folder.glob("[0-9][0-9]_*.ipynb")) if folder.is_dir() else []
 
 
+def course_order() -> list[tuple[str, str]]:
+    """(notebook, exercise) in the order a learner meets them: each exercise right after the notebook that
+    teaches its idea (its check's ``course``), then the capstone last.
+
+    Why not the exercise numbers: they record when each exercise was written, not where its idea is taught
+    (ex01's mask is taught in notebook 04, after ex06 and ex02). This is the one source of the order the
+    READMEs, the course maps and each notebook's exercise cell state; ``tests/test_exercise_order.py`` holds
+    them to it.
+    """
+    from .checks import EXERCISES, PROJECTS
+
+    exercises = sorted(EXERCISES.items(), key=lambda item: (item[1].course, item[0]))
+    return [(ex.course, name) for name, ex in exercises] + [(ex.course, name) for name, ex in PROJECTS.items()]
+
+
+def exercises_after(notebook: str) -> list[str]:
+    """The exercises (not the capstone) whose idea ``notebook`` teaches, in course order; [] for none."""
+    from .checks import EXERCISES
+
+    return [name for course, name in course_order() if course == notebook and name in EXERCISES]
+
+
 def cases_in_words(stored: str | None) -> str:
     """The record's "3/17" as "3 of 17 cases passed": after "tried", a bare "3/17" reads as three failures."""
     passed, _, total = (stored or "").partition("/")
@@ -77,8 +99,9 @@ def course_map(data: dict[str, Any] | None = None) -> list[Item]:
         return Item(name, kind, bool(entry.get("passed")), note)
 
     by_course: dict[str, list[str]] = {}
-    for name, ex in EXERCISES.items():
-        by_course.setdefault(ex.course, []).append(name)
+    for course, name in course_order():
+        if name in EXERCISES:
+            by_course.setdefault(course, []).append(name)
     notebooks = course_notebooks()
     items = []
     for nb in notebooks + sorted(set(by_course) - set(notebooks)):
@@ -90,9 +113,9 @@ def course_map(data: dict[str, Any] | None = None) -> list[Item]:
 
 
 def _next_step(items: list[Item]) -> str:
-    """The exercises in number order, then the capstone."""
+    """The first exercise not passed, in course order (not number order), then the capstone."""
     taught = {c.name: (c, item.name) for item in items for c in item.children}
-    for name in sorted(taught):
+    for name in (name for _, name in course_order() if name in taught):
         child, notebook = taught[name]
         if not child.done:
             return f"{name} (exercises/{name}.ipynb, taught in notebooks/{notebook}.ipynb)"

@@ -62,7 +62,8 @@ def test_the_map_lists_notebooks_exercises_and_the_capstone_and_ticks_what_is_do
     assert "[ ] ex01_ragged_mask" in text and "capstone: capstone_engine" in text
     assert "00_start_here" in text
     assert f"Exercises passed: 1/{len(EXERCISES)}" in text
-    assert "Next: ex01_ragged_mask" in text  # exercises in number order
+    # course order, not number order: notebook 02's exercise comes first (ex01's mask is taught in notebook 04)
+    assert "Next: ex06_static_vs_continuous (exercises/ex06_static_vs_continuous.ipynb, taught in notebooks/02_" in text
     page = render_html()
     assert "&#9989; ex13_speculative_verify" in page and "capstone" in page
     view = cblab_teach.progress()

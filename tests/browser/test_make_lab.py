@@ -97,14 +97,15 @@ def test_notebook_00_opens_steps_after_run_all_and_links_to_an_exercise(make_lab
         button.click()
         wait_for_new_plot(widget, before)
 
-        link = page.locator(".jp-RenderedMarkdown a[href*='exercises/ex01_ragged_mask.ipynb']").first
+        # notebook 00 sends a new learner to the first exercise in course order: ex06, after notebook 02
+        link = page.locator(".jp-RenderedMarkdown a[href*='exercises/ex06_static_vs_continuous.ipynb']").first
         link.scroll_into_view_if_needed()
         link.click()
-        tab = page.locator(".lm-TabBar-tab:has-text('ex01_ragged_mask.ipynb')")
+        tab = page.locator(".lm-TabBar-tab:has-text('ex06_static_vs_continuous.ipynb')")
         tab.first.wait_for(timeout=30_000)
         exercise = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first
         exercise.locator(".jp-Cell").first.wait_for(timeout=30_000)
-        assert "Exercise 1" in exercise.inner_text()
+        assert "Exercise 6" in exercise.inner_text()
         page.screenshot(path=str(ARTIFACTS / "make-lab-exercise-opened.png"))
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "make-lab-failure.png"), full_page=True)

@@ -26,6 +26,8 @@ from .lab_server import REPO
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 FIGURE = "document.querySelector('.reveal .js-plotly-plot')"
+# A code line far wider than a slide: on a projector it must wrap, not run off the slide's edge.
+LONG_LINE = "chunks = " + " + ".join(f"len(engine.records[{i} % len(engine.records)].plan.chunks)" for i in range(6))
 LESSON = [
     ("markdown", "# 99 · A small deck\n\n**After this notebook you will be able to** read one step's mask."),
     ("code", "import torch\n\nfrom cblab_teach.viz import setup_notebook\n\nsetup_notebook()\ntorch.manual_seed(0)"),
@@ -43,7 +45,10 @@ LESSON = [
     ),
     ("markdown", "(Ask the room first: how many keys does the decode row read?)"),
     ("markdown", "The same run's token budget, step by step."),
-    ("code", "from cblab_teach.viz import budget_figure\n\nbudget_figure(engine.records)"),
+    (
+        "code",
+        f"from cblab_teach.viz import budget_figure\n\n{LONG_LINE}\nbudget_figure(engine.records)",
+    ),
     ("markdown", "**Check yourself.** Every request finished."),
     ("code", "\n".join(["finished = set()"] + [f"# step {i}" for i in range(16)] + ["print(len(engine.requests))"])),
     ("markdown", "## Recap\n\n* one mask per step"),
@@ -181,5 +186,32 @@ def test_deck_figures_keep_legend_and_controls_off_the_data(deck, chromium, view
         problems += [f"figure {i}: {p}" for p in found]
         page.screenshot(path=str(ARTIFACTS / f"slides-figure-{i}-{viewport[0]}x{viewport[1]}.png"))
     assert problems == [], "\n".join(problems)
+    assert requested == [] and [e for e in errors if not is_benign(e)] == []
+    context.close()
+
+
+def test_long_code_lines_wrap_on_the_slide(deck, chromium) -> None:
+    """A long code line wraps inside its slide (the deck's CSS) at a projector's 1024x768, never cut off."""
+    context, page, requested, errors = offline_page(chromium, 1024, 768)
+    page.goto((deck / "99_small_deck.html").as_uri())
+    page.wait_for_function("window.Reveal && Reveal.isReady()", timeout=60_000)
+    page.evaluate("Reveal.configure({transition: 'none'})")
+    pre = page.evaluate_handle(
+        "text => [...document.querySelectorAll('.reveal pre')].find(p => p.textContent.includes(text))", LONG_LINE[:40]
+    )
+    assert page.evaluate("p => p !== undefined", pre), "the long line is not on any slide"
+    page.evaluate("p => { const at = Reveal.getIndices(p.closest('section')); Reveal.slide(at.h, at.v); }", pre)
+    page.wait_for_function("p => p.getBoundingClientRect().width > 0", arg=pre, timeout=30_000)
+    box = page.evaluate(
+        """p => { const r = p.getBoundingClientRect(), s = p.closest('section').getBoundingClientRect(),
+                  line = parseFloat(getComputedStyle(p).lineHeight) || 20;
+                  return {scroll: p.scrollWidth, client: p.clientWidth, right: r.right, slide: s.right,
+                          lines: r.height / line}; }""",
+        pre,
+    )
+    page.screenshot(path=str(ARTIFACTS / "slides-long-line-1024x768.png"))
+    assert box["scroll"] <= box["client"] + 1, f"the long line is cut (scrolls): {box}"
+    assert box["lines"] >= 2, f"the long line did not wrap: {box}"
+    assert box["right"] <= box["slide"] + 8, f"the code runs past the slide's edge: {box}"
     assert requested == [] and [e for e in errors if not is_benign(e)] == []
     context.close()

@@ -1,0 +1,93 @@
+"""What a learner and a presenter see of notebook 03 in a real browser, with the course's own JupyterLab settings.
+
+* After Run All, the "your turn" sliders show the values the text starts from (budget 16, chunk 8), not the
+  ones its check cell tried (5 and 3): the check moves them back.
+* Presented with RISE in a half-width panel (a 700 px wide window: half a laptop screen), long code lines
+  wrap instead of running off the slide: ``scripts/jupyterlab-overrides.json`` turns on line wrapping in code
+  cells, and RISE reads the same settings as JupyterLab.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from .conftest import ARTIFACTS
+from .jupyterlab import error_outputs, open_notebook, run_all_cells, wait_for_idle_kernel
+from .lab_server import LAB_SETTINGS, REPO, start_lab, stop_lab
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+NOTEBOOK = "notebooks/03_token_budget_scheduler.ipynb"
+OVERRIDES = REPO / "scripts" / "jupyterlab-overrides.json"
+READOUT = ".widget-slider:has(.widget-label:text-is('{name}')) .widget-readout"
+# Every code editor on the current slide: [first line, scrollWidth, clientWidth, wraps, tallest line / line height].
+EDITORS = """() => [...document.querySelectorAll('.reveal .jp-CodeCell .cm-scroller')]
+    .filter(e => e.offsetParent && e.getBoundingClientRect().width > 0)
+    .map(e => { const lines = [...e.querySelectorAll('.cm-line')], one = lines.length ? lines[0] : null;
+        const h = Math.min(...lines.map(l => l.getBoundingClientRect().height).filter(x => x > 0));
+        return [one ? one.textContent.slice(0, 40) : '', e.scrollWidth, e.clientWidth,
+                e.querySelector('.cm-content').classList.contains('cm-lineWrapping'),
+                Math.max(...lines.map(l => l.getBoundingClientRect().height)) / h]; })"""
+
+
+def course_settings() -> dict[str, dict]:
+    """The throw-away server's settings plus the course's own overrides (plugin "a:b" is settings file "a/b")."""
+    settings = {k: dict(v) for k, v in LAB_SETTINGS.items()}
+    for plugin, values in json.loads(OVERRIDES.read_text(encoding="utf-8")).items():
+        settings.setdefault(plugin.replace(":", "/"), {}).update(values)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def course_lab(tmp_path_factory, chromium_path):
+    work = tmp_path_factory.mktemp("widgets")
+    (work / "root" / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / NOTEBOOK, work / "root" / NOTEBOOK)
+    try:
+        server = start_lab(work / "root", work / "lab", settings=course_settings())
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield server
+    stop_lab(server)
+
+
+def test_your_turn_sliders_show_their_starting_values_after_run_all(course_lab, chromium) -> None:
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    open_notebook(page, course_lab, NOTEBOOK)
+    run_all_cells(page)
+    assert error_outputs(page) == []
+    names = ("max_tokens_per_step", "prefill_chunk_size")
+    values = {name: page.locator(READOUT.format(name=name)) for name in names}
+    assert all(v.count() == 1 for v in values.values()), "the two sliders of 'your turn' did not render"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "03-sliders-after-run-all.png"))
+    shown = {name: v.inner_text().strip() for name, v in values.items()}
+    context.close()
+    assert shown == {"max_tokens_per_step": "16", "prefill_chunk_size": "8"}, shown
+
+
+def test_rise_wraps_long_code_lines_in_a_half_width_panel(course_lab, chromium) -> None:
+    assert course_settings()["@jupyterlab/notebook-extension/tracker"]["codeCellConfig"]["lineWrap"] is True
+    context = chromium.new_context(viewport={"width": 700, "height": 800})
+    page = context.new_page()
+    page.goto(f"{course_lab.url}/rise/{NOTEBOOK}?token={course_lab.token}", timeout=90_000)
+    page.wait_for_selector(".reveal .slides .jp-Cell", timeout=90_000)
+    wait_for_idle_kernel(page, course_lab, NOTEBOOK)
+    seen: dict[str, list] = {}
+    for _ in range(14):  # through the deck's first slides and their subslides
+        for editor in page.evaluate(EDITORS):
+            seen[editor[0]] = editor
+        page.keyboard.press("Space")
+        time.sleep(0.5)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "03-rise-half-width.png"))
+    context.close()
+    assert len(seen) >= 3, f"the deck showed too few code cells to judge: {list(seen)}"
+    cut = [e for e in seen.values() if e[1] > e[2] + 1]
+    assert cut == [], f"code lines run off the slide (scrollWidth > clientWidth): {cut}"
+    assert all(e[3] for e in seen.values()), "a code editor does not wrap its lines"
+    assert any(e[4] > 1.5 for e in seen.values()), "no long line was wrapped: nothing here tested the wrapping"
