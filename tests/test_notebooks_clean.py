@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p for d in ("notebooks", "solutions", "exercises") for p in (ROOT / d).glob("*.ipynb"))
-COURSE = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if re.match(r"(0\d|1[0-5])_", p.name))
+COURSE = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if re.match(r"(0\d|1[0-6])_", p.name))
 COURSE_NAMES = [
     "00_start_here",
     "01_prefill_decode_kv_cache",
@@ -33,6 +33,7 @@ COURSE_NAMES = [
     "13_speculative_decoding",
     "14_kv_sharding",
     "15_toy_to_production",
+    "16_serving_over_http",
 ]
 
 
