@@ -11,6 +11,10 @@ the same greedy workload, timed side by side:
 
 Every request's generated ids are compared with the engine's.
 
+A third part (:func:`real_model_sweep`, full runs only, skipped when the model is not installed) serves
+SmolLM2-135M-Instruct (``cblab_teach.real.load_smollm2``) on chat prompts in its own template, the model the
+course runs, against HF continuous batching on the same weights, at the same concurrency in both.
+
 A second part sweeps the benchmark model at 16, 64 and 256 concurrent requests (engine vs HF continuous
 batching, interleaved repeats, every run's time kept so the spread shows), and measures in the same run the
 matmul-only limit of the engine's own steps: the engine's time as a multiple of it says how much is left.
@@ -25,6 +29,7 @@ import plotly.graph_objects as go
 import torch
 
 from cblab_teach import Engine, EngineConfig, TinyLM
+from cblab_teach.errors import ModelNotInstalledError
 from cblab_teach.monitoring.step_profile import matmul_limit_s, step_shapes
 from cblab_teach.workloads import make_workload
 
@@ -60,7 +65,9 @@ def hf_generate_static(hf, prompts, max_new, batch_size: int) -> list[list[int]]
     return outputs
 
 
-def hf_continuous(hf, prompts, max_new, budget: int, tuned: bool = True) -> tuple[list[list[int]], float]:
+def hf_continuous(
+    hf, prompts, max_new, budget: int, tuned: bool = True, max_requests: int | None = None
+) -> tuple[list[list[int]], float]:
     """HF continuous batching with per-request lengths and the engine's token budget; returns outputs and seconds.
 
     The KV pool is sized to the workload (the default sizes it from free memory, and its warm-up then
@@ -75,7 +82,7 @@ def hf_continuous(hf, prompts, max_new, budget: int, tuned: bool = True) -> tupl
         page_size=page,
         num_blocks=sum(-(-(len(p) + n) // page) for p, n in zip(prompts, max_new)),
         max_batch_tokens=budget,
-        max_requests_per_batch=len(prompts),
+        max_requests_per_batch=max_requests or len(prompts),
         use_cuda_graph=False,
         allow_block_sharing=False,
     )
@@ -222,6 +229,63 @@ def concurrency_sweep(quick: bool) -> tuple[dict, list[dict], go.Figure]:
     return metrics, table, fig
 
 
+def real_model_sweep(
+    concurrency=(16, 64, 256), num_prompts: int = 96, output_len: int = 48, repeats: int = 2
+) -> tuple[dict, list[dict]]:
+    """SmolLM2-135M-Instruct: ``num_prompts`` chat questions (``max_tokens`` drawn around ``output_len``, EOS
+    ignored so both sides produce every token), at most ``c`` running at once in both systems, pool sized to the
+    workload, interleaved repeats; CPU time of this process (steadier than wall time on a shared machine)."""
+    from cblab_teach.real import load_smollm2
+    from cblab_teach.serve.loadgen_prompts import chat_prompts
+
+    chat = load_smollm2()
+    hf = chat.hf_model()
+    specs = chat_prompts(num_prompts, output_len, 0.5, seed=0)
+    prompts = [chat.encode_chat([{"role": "user", "content": p.prompt}]) for p in specs]
+    max_new = [p.max_tokens for p in specs]
+    tokens = sum(max_new)
+    blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, max_new))
+    metrics: dict = {"real_prompts": num_prompts, "real_output_tokens": tokens}
+    table = []
+    for c in concurrency:
+        config = EngineConfig(max_tokens_per_step=BUDGET, prefill_chunk_size=64, max_running=c, num_blocks=blocks)
+        Engine(chat.model, config).generate(prompts[:2], 2)
+        ours_t, cb_t = [], []
+        for _ in range(repeats):
+            engine = Engine(chat.model, config)
+            start = time.process_time()
+            ours = engine.generate(prompts, max_new)
+            ours_t.append(time.process_time() - start)
+            start = time.process_time()
+            cb, _ = hf_continuous(hf, prompts, max_new, BUDGET, max_requests=c)
+            cb_t.append(time.process_time() - start)
+        limit = matmul_limit_s(chat.model, step_shapes(engine.records), clock=time.process_time)
+        same = sum(x == y for a, b in zip(ours, cb) for x, y in zip(a, b)) / tokens
+        ours_s, cb_s = min(ours_t), min(cb_t)
+        metrics.update(
+            {
+                f"real_c{c}_engine_tok_per_cpu_s": tokens / ours_s,
+                f"real_c{c}_hf_generate_batch_tok_per_cpu_s": tokens / cb_s,
+                f"real_c{c}_speedup_vs_generate_batch": cb_s / ours_s,
+                f"real_c{c}_identical_tokens_vs_generate_batch": same,
+                f"real_c{c}_engine_over_matmul_limit_cpu": ours_s / limit,
+            }
+        )
+        table.append(
+            {
+                "model": "SmolLM2-135M-Instruct",
+                "concurrent requests": c,
+                "output tokens": tokens,
+                "Engine CPU s (runs)": " / ".join(f"{t:.2f}" for t in ours_t),
+                "HF generate_batch CPU s (runs)": " / ".join(f"{t:.2f}" for t in cb_t),
+                "Engine speedup (fastest runs)": f"{cb_s / ours_s:.2f}x",
+                "tokens identical": f"{same:.1%}",
+                "Engine CPU / matmul limit CPU": f"{ours_s / limit:.2f}x",
+            }
+        )
+    return metrics, table
+
+
 def run(quick: bool = False) -> dict:
     """Two model sizes: a tiny one where per-step framework cost dominates, and the benchmark model."""
     from transformers import LlamaForCausalLM
@@ -309,4 +373,16 @@ def run(quick: bool = False) -> dict:
     )
     sweep_metrics, sweep_table, sweep_fig = concurrency_sweep(quick)
     metrics.update(sweep_metrics)
-    return {"name": "huggingface", "metrics": metrics, "figures": [fig, sweep_fig], "table": table + sweep_table}
+    real_table: list[dict] = []
+    if not quick:  # minutes on two cores, and a model CI need not have
+        try:
+            real_metrics, real_table = real_model_sweep()
+            metrics.update(real_metrics)
+        except ModelNotInstalledError as e:
+            metrics["real_model_skipped"] = str(e)
+    return {
+        "name": "huggingface",
+        "metrics": metrics,
+        "figures": [fig, sweep_fig],
+        "table": table + sweep_table + real_table,
+    }

@@ -22,6 +22,7 @@ from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU
 
 AttentionImpl = Literal["segmented", "ragged"]
+HEAD_SLICE = 1024  # columns of the LM head per matmul on CPU (TinyLM.logits)
 
 
 class Attention(nn.Module):
@@ -125,23 +126,45 @@ class TinyLM(nn.Module):
         """Logits at the batch's sample rows ``[S, vocab]`` (every row if ``all_logits``)."""
         ctx = StepContext(batch, cache, impl, via_flatten)
         cos, sin = self.rotary.cos_sin(batch.positions, self.dtype)
-        x = self.embed_tokens(batch.token_ids)
+        signed_sin = RotaryEmbedding.signed_sin(sin)  # once per step, for every layer's q and k
+        x = self.embed_tokens(batch.token_ids)  # a new tensor: the residual adds below may write into it
         for layer, block in enumerate(self.layers):
-            x = x + self._attend(layer, block, block.input_layernorm(x), cos, sin, ctx)
-            x = x + block.mlp(block.post_attention_layernorm(x))
+            x.add_(self._attend(layer, block, block.input_layernorm(x), cos, signed_sin, ctx))
+            x.add_(block.mlp(block.post_attention_layernorm(x)))
         if not all_logits:
             x = x[batch.sample_rows]
-        return self.lm_head(self.norm(x))
+        return self.logits(self.norm(x))
 
-    def qkv(self, block: Block, x: torch.Tensor, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A layer's queries, keys and values ``[n, heads, head_dim]``, q and k rotated to their positions."""
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``lm_head(h)``; on CPU, a large vocabulary is computed in slices of :data:`HEAD_SLICE` columns.
+
+        Each logit is the same dot product either way (checked bit for bit in ``tests/test_fused_layers.py``),
+        but a slice of the head's weight stays in the CPU's cache while every row reads it: at 64 rows over
+        SmolLM2's 49,152 columns the slices take about 0.8x the time of one matmul. One row is a
+        matrix-vector product that slicing does not help."""
+        weight = self.lm_head.weight
+        if h.device.type != "cpu" or h.shape[0] < 2 or weight.shape[0] <= 4 * HEAD_SLICE or h.dim() != 2:
+            return self.lm_head(h)
+        out = h.new_empty(h.shape[0], weight.shape[0])
+        for start in range(0, weight.shape[0], HEAD_SLICE):
+            out[:, start : start + HEAD_SLICE] = nn.functional.linear(h, weight[start : start + HEAD_SLICE])
+        return out
+
+    def qkv(
+        self, block: Block, x: torch.Tensor, cos, sin, signed: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A layer's queries, keys and values ``[n, heads, head_dim]``, q and k rotated to their positions.
+
+        ``signed``: ``sin`` is :meth:`RotaryEmbedding.signed_sin` of the table (the forward's fast rotation,
+        the same numbers as :meth:`RotaryEmbedding.apply` with the plain table)."""
         cfg, attn, n = self.config, block.self_attn, x.shape[0]
-        q = RotaryEmbedding.apply(attn.q_proj(x).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
-        k = RotaryEmbedding.apply(attn.k_proj(x).view(n, cfg.kv_heads, cfg.head_dim), cos, sin)
+        rotate = RotaryEmbedding.apply_signed if signed else RotaryEmbedding.apply
+        q = rotate(attn.q_proj(x).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
+        k = rotate(attn.k_proj(x).view(n, cfg.kv_heads, cfg.head_dim), cos, sin)
         return q, k, attn.v_proj(x).view(n, cfg.kv_heads, cfg.head_dim)
 
-    def _attend(self, layer: int, block: Block, x: torch.Tensor, cos, sin, ctx: StepContext) -> torch.Tensor:
-        q, k, v = self.qkv(block, x, cos, sin)
+    def _attend(self, layer: int, block: Block, x: torch.Tensor, cos, signed_sin, ctx: StepContext) -> torch.Tensor:
+        q, k, v = self.qkv(block, x, cos, signed_sin, signed=True)
         ctx.cache.write(layer, ctx.write_slots, k, v, ctx.batch)
         if self.attention_hook is not None:
             out = self.attention_hook(layer, q, ctx)
