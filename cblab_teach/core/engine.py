@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..errors import AdapterError, CBLabError, ConfigError, PluginError, RequestError, UnknownRequestError
+from ..errors import AdapterError, CBLabError, ConfigError, PluginError
 from ..model.tiny_lm import TinyLM
 from . import hooks, kv_transfer
 from .admission import admit_planned
@@ -36,6 +36,7 @@ from .parts import check_engine_args, make_kv_cache, make_proposer
 from .preemption import Preemption, make_host_pool
 from .records import EngineStats, StepRecord
 from .request import Request, RequestState, SamplingParams
+from .request_table import RequestTable
 from .sampling import sample_step
 from .scheduler import Scheduler, StepPlan
 from .speculative import propose_drafts
@@ -43,7 +44,7 @@ from .speculative import propose_drafts
 __all__ = ["Engine", "EngineStats", "StepRecord", "make_kv_cache"]
 
 
-class Engine:
+class Engine(RequestTable):
     """Continuous batching over a :class:`TinyLM`: requests join and leave at token boundaries."""
 
     def __init__(
@@ -168,20 +169,6 @@ class Engine:
         req.state, req.aborted, req.stopped = RequestState.FINISHED, aborted, not aborted
         if aborted:
             self.stats.aborted += 1
-
-    def forget(self, request_id: int) -> Request:
-        """Drop a finished request from ``requests`` (a server must not keep every request it ever served); its
-        id is free again. A request still running or waiting is an error: abort or finish it first."""
-        req = self.request(request_id)
-        if not req.is_finished:
-            raise RequestError(f"request {request_id} has not finished; abort() or finish() it before forget()")
-        return self.requests.pop(request_id)
-
-    def request(self, request_id: int) -> Request:
-        try:
-            return self.requests[request_id]
-        except (KeyError, TypeError):
-            raise UnknownRequestError(f"unknown request id {request_id!r}") from None
 
     def output(self, request_id: int) -> list[int]:
         """The ids generated so far for a request."""

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import CBLabError, ConfigError, RequestError, UnknownRequestError
+from ..errors import CBLabError, ConfigError, RequestError
 from ..model.tiny_lm import TinyLM
 from .batch_builder import RaggedBatch
 from .config import EngineConfig
@@ -32,6 +32,7 @@ from .intake import Intake, check_max_new_tokens, check_sampling, generate_args,
 from .kv_cache import DenseKVCache
 from .records import StepRecord
 from .request import Request, RequestState, SamplingParams, token_ids
+from .request_table import RequestTable
 from .sampling import sample_token
 from .scheduler import ScheduledChunk, StepPlan
 
@@ -174,7 +175,7 @@ def padded_batch(ids: list[int], tokens: list[list[int]], starts: list[int], sam
     )
 
 
-class StaticServingEngine:
+class StaticServingEngine(RequestTable):
     """Static batching driven one step at a time, as a server drives an engine: ``serve --static``.
 
     Requests arrive whenever (:meth:`add_request`) and wait. When no group is running, a step admits up to
@@ -276,19 +277,6 @@ class StaticServingEngine:
             self.waiting.remove(req)
         req.state, req.aborted, req.stopped = RequestState.FINISHED, aborted, not aborted
         self._close_group_if_done()
-
-    def forget(self, request_id: int) -> Request:
-        """Drop a finished request from ``requests``; one still running or waiting is an error."""
-        req = self.request(request_id)
-        if not req.is_finished:
-            raise RequestError(f"request {request_id} has not finished; abort() or finish() it before forget()")
-        return self.requests.pop(request_id)
-
-    def request(self, request_id: int) -> Request:
-        try:
-            return self.requests[request_id]
-        except (KeyError, TypeError):
-            raise UnknownRequestError(f"unknown request id {request_id!r}") from None
 
     @property
     def running(self) -> list[Request]:
