@@ -1,6 +1,7 @@
 """Build the Chinese notebooks: the English notebook's code cells, byte for byte, with Chinese prose.
 
-The prose lives in one Markdown file per notebook, ``<folder>/zh/text/<stem>.md``, keyed by cell id::
+The prose lives in one Markdown file per notebook, ``<folder>/zh/<stem>.md`` beside the
+notebook it builds, keyed by cell id::
 
     <!-- cell: 1a2b3c4d | en: 5e6f7a8b -->
     中文的 Markdown……
@@ -8,7 +9,8 @@ The prose lives in one Markdown file per notebook, ``<folder>/zh/text/<stem>.md`
 ``cell`` is the English markdown cell's id; ``en`` the first 8 hex digits of the SHA-256 of that English
 cell's source when it was translated. When the English cell changes, its hash no longer matches and the
 build names the stale cell, so the two languages cannot drift apart silently. Links are written as seen
-from ``<folder>/zh/`` (a sibling course notebook by its bare name, ``../../docs/glossary_zh.md``, ...).
+from ``<folder>/zh/``, where both the text file and the notebook live, so they resolve from either (a sibling
+course notebook by its bare name, ``../../docs/glossary_zh.md``, ...).
 
     python scripts/make_zh_notebooks.py                      # build every <folder>/zh/<stem>.ipynb that has text
     python scripts/make_zh_notebooks.py --check              # exit 1 if a built notebook is stale or missing
@@ -71,7 +73,7 @@ def shown(path: Path) -> str:
 
 
 def text_path(english: Path) -> Path:
-    return english.parent / "zh" / "text" / f"{english.stem}.md"
+    return english.parent / "zh" / f"{english.stem}.md"
 
 
 def built_path(english: Path) -> Path:
@@ -163,12 +165,12 @@ def orphans(root: Path | None = None) -> list[str]:
     out = []
     for folder in FOLDERS:
         zh = root / folder / "zh"
-        for md in sorted(zh.glob("text/*.md")):
-            if not (root / folder / f"{md.stem}.ipynb").exists():
+        for md in sorted(zh.glob("*.md")):
+            if md.name != "README.md" and not (root / folder / f"{md.stem}.ipynb").exists():
                 out.append(f"{shown(md)}: no English notebook {folder}/{md.stem}.ipynb")
         for nb in sorted(zh.glob("*.ipynb")):
             if not text_path(root / folder / nb.name).exists():
-                out.append(f"{shown(nb)}: no text file {folder}/zh/text/{nb.stem}.md to build it from")
+                out.append(f"{shown(nb)}: no text file {folder}/zh/{nb.stem}.md to build it from")
     return out
 
 

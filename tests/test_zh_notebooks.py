@@ -1,6 +1,6 @@
 """The Chinese course: one code, two languages of prose, kept in step by ``scripts/make_zh_notebooks.py``.
 
-For every English notebook with a Chinese text file (``<folder>/zh/text/<stem>.md``):
+For every English notebook with a Chinese text file (``<folder>/zh/<stem>.md``):
 
 * the built notebook ``<folder>/zh/<stem>.ipynb`` is what the script builds now (its ``--check``);
 * its code cells are the English notebook's code cells, in order, byte for byte;
@@ -318,8 +318,9 @@ def test_the_command_line_check_fails_on_stale_and_orphaned_files(tmp_path: Path
     monkeypatch.setattr(mz, "REPO", tmp_path)
     assert mz.main(["--check"]) == 1 and "missing" in capsys.readouterr().out
     assert mz.main([]) == 0 and "wrote notebooks/zh/01_demo.ipynb" in capsys.readouterr().out
+    (tmp_path / "notebooks" / "zh" / "README.md").write_text("# 课程地图\n", encoding="utf-8")  # not a text file
     assert mz.main(["--check"]) == 0 and mz.main(["--stale"]) == 0
-    orphan = tmp_path / "notebooks" / "zh" / "text" / "02_gone.md"
+    orphan = tmp_path / "notebooks" / "zh" / "02_gone.md"
     orphan.write_text("<!-- cell: m1 | en: 00000000 -->\n孤儿\n", encoding="utf-8")
     assert mz.main(["--check"]) == 1 and "no English notebook notebooks/02_gone.ipynb" in capsys.readouterr().out
     orphan.unlink()
