@@ -106,7 +106,7 @@ def cpu_spec(measured: dict) -> tuple[GPUSpec, Efficiency]:
     """This CPU as a GPUSpec (its matmul rate as the fp32 peak) and attention's measured share of that rate."""
     flops = measured["matmul_gflops"] / 1e3
     spec = GPUSpec(
-        "this CPU", memory_gb=1.0, bandwidth_gbs=measured["copy_gbs"], bf16_tflops=flops, fp8_tflops=None,
+        "this CPU", memory_gib=1.0, bandwidth_gbs=measured["copy_gbs"], bf16_tflops=flops, fp8_tflops=None,
         int8_tops=flops, fp32_tflops=flops, source="measured by benchmarks/bench_step_time.py",
         checked_via="matmul, attention and copy micro-benchmarks", note="float32; weights-sized copy",
     )  # fmt: skip

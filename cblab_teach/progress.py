@@ -128,7 +128,7 @@ def _next_step(items: list[Item]) -> str:
 def _quiz_line(data: dict[str, Any]) -> str:
     q = data.get("quiz")
     if not q:
-        return "Quiz: not taken yet (notebooks/17_interview_review_en.ipynb)"
+        return "Quiz: not taken yet (notebooks/18_interview_review_en.ipynb)"
     return (
         f"Quiz: {q['known']}/{q['answered']} known in the last session ({q.get('updated', '?')}), "
         f"best {q.get('best_known', q['known'])}/{q.get('best_answered', q['answered'])}"

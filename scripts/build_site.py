@@ -187,7 +187,7 @@ def execute_isolated(
     (``scripts/time_notebooks.py`` had the same loop): the client waited on a cell the kernel had finished, a
     ``widgets.interact`` cell of the third notebook, kernel idle, its reply never read; with ipykernel 7.4
     and 6.31 alike, and nbclient's open issue #312 reports the same for widget cells. It is intermittent
-    (it also hit notebook 17's quiz cell, first in its own process): the wall-clock limit turns a stall into
+    (it also hit notebook 18's quiz cell, first in its own process): the wall-clock limit turns a stall into
     an error naming the cell it was running, instead of a silent wait.
     """
     with tempfile.TemporaryDirectory(prefix="cblab_site_") as tmp:

@@ -48,7 +48,7 @@ def run_isolated(path: Path, timeout: int, notebook_timeout: int, tries: int = 2
     """:func:`run_seconds` in a process of its own, stopped after ``notebook_timeout`` seconds and tried again.
 
     Why: now and then nbclient waits forever on a cell the kernel has finished (the kernel idle, its reply never
-    read): here always a cell that builds widgets (notebook 02's ``widgets.interact``, notebook 17's quiz), as
+    read): here always a cell that builds widgets (notebook 02's ``widgets.interact``, notebook 18's quiz), as
     nbclient's open issue #312 reports for widget cells. A stall is rare and a second run goes through, so a
     stalled notebook is stopped and run again instead of hanging the table."""
     for attempt in range(1, tries + 1):

@@ -89,9 +89,9 @@ def exercise_cell(path: Path) -> str | None:
     return cells[0] if cells else None
 
 
-def next_after(stem: str) -> str:
-    """The first exercise a learner meets after notebook ``stem``."""
-    return next(name for course, name in course_order() if name in EXERCISES and course > stem)
+def next_after(stem: str) -> str | None:
+    """The first exercise a learner meets after notebook ``stem`` (None after the last one)."""
+    return next((name for course, name in course_order() if name in EXERCISES and course > stem), None)
 
 
 def cell_problems(stem: str, cell: str) -> list[str]:
@@ -107,8 +107,9 @@ def cell_problems(stem: str, cell: str) -> list[str]:
         where = EXERCISES[name].course
         if where != stem and not re.search(rf"\bnotebook {where[:2]}\b|{where}\.ipynb", cell):
             problems.append(f"links {name} without saying it is taught in notebook {where[:2]}")
-    if not own and next_after(stem) not in linked:
-        problems.append(f"has no exercise of its own and does not name the next one, {next_after(stem)}")
+    following = next_after(stem)
+    if not own and following is not None and following not in linked:
+        problems.append(f"has no exercise of its own and does not name the next one, {following}")
     return problems
 
 
@@ -136,6 +137,9 @@ def test_the_checkers_catch_the_old_number_order() -> None:
     )
     ok = "## Exercise\n\n[exercise 06](../exercises/ex06_static_vs_continuous.ipynb), after notebook 02."
     assert cell_problems("00_start_here", ok) == []
+    last = max(course for course, name in course_order() if name in EXERCISES)
+    assert next_after(last) is None, "no exercise comes after the last one"
+    assert cell_problems("99_after_the_last", "## Exercise\n\nBuild the capstone.") == []  # nothing left to name
 
 
 # -- every place that names the order ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p for d in ("notebooks", "solutions", "exercises") for p in (ROOT / d).glob("*.ipynb"))
-COURSE = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if re.match(r"(0\d|1[0-6])_", p.name))
+COURSE = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if re.match(r"(0\d|1[0-7])_", p.name))
 COURSE_NAMES = [
     "00_start_here",
     "01_prefill_decode_kv_cache",
@@ -32,8 +32,9 @@ COURSE_NAMES = [
     "12_prefix_caching",
     "13_speculative_decoding",
     "14_kv_sharding",
-    "15_toy_to_production",
-    "16_serving_over_http",
+    "15_memory_and_step_time",
+    "16_load_goodput_parallelism",
+    "17_serving_over_http",
 ]
 
 
@@ -72,7 +73,7 @@ def test_course_notebook_shape(path: Path) -> None:
     headings = [c.source.splitlines()[0].lower() for c in markdown if c.source]
     assert any(h.startswith("## recap") for h in headings)
     corner = [c for c in markdown if c.source.lower().startswith("## interview corner")]
-    assert corner and "17_interview_review_en.ipynb" in corner[0].source
+    assert corner and "18_interview_review_en.ipynb" in corner[0].source
     assert re.search(r"\(\.\./exercises/ex\d\d_\w+\.ipynb\)", _text(markdown)), "link to an exercise"
 
 

@@ -40,20 +40,26 @@ HAND_KV_BF16 = {
 # Parameters from each config.json: embeddings (+ untied head) + layers x (attention + 3 MLP matrices + norms) + norm.
 HAND_PARAMS = {
     "Llama-3.1-8B": 2 * 128256 * 4096 + 32 * (4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096) + 4096,
-    "Llama-3.1-70B": 2 * 128256 * 8192
-    + 80 * (8192 * (8192 + 1024 + 1024 + 8192) + 3 * 8192 * 28672 + 2 * 8192)
-    + 8192,
+    "Llama-3.1-70B": 2 * 128256 * 8192 + 80 * (8192 * (8192 + 1024 + 1024 + 8192) + 3 * 8192 * 28672 + 2 * 8192) + 8192,
     # Qwen2.5 has biases on q, k, v (3584 + 512 + 512)
     "Qwen2.5-7B": 2 * 152064 * 3584
     + 28 * (3584 * (3584 + 512 + 512 + 3584) + (3584 + 512 + 512) + 3 * 3584 * 18944 + 2 * 3584)
     + 3584,
-    "Mistral-7B-v0.3": 2 * 32768 * 4096 + 32 * (4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096) + 4096,
+    "Mistral-7B-v0.3": 2 * 32768 * 4096
+    + 32 * (4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096)
+    + 4096,
     # Gemma-2: tied embeddings, q = 16 x 256, k = v = 8 x 256, four norms per layer
     "Gemma-2-9B": 256000 * 3584 + 42 * (3584 * (4096 + 2048 + 2048) + 4096 * 3584 + 3 * 3584 * 14336 + 4 * 3584) + 3584,
     "DeepSeek-V3": 671_000_000_000,  # the README's total (MoE), not recomputed
 }
-STATED_SIZE_B = {"Llama-3.1-8B": 8.03, "Llama-3.1-70B": 70.6, "Qwen2.5-7B": 7.62, "Mistral-7B-v0.3": 7.25,
-                 "Gemma-2-9B": 9.24, "DeepSeek-V3": 671}
+STATED_SIZE_B = {
+    "Llama-3.1-8B": 8.03,
+    "Llama-3.1-70B": 70.6,
+    "Qwen2.5-7B": 7.62,
+    "Mistral-7B-v0.3": 7.25,
+    "Gemma-2-9B": 9.24,
+    "DeepSeek-V3": 671,
+}
 
 
 def test_every_model_is_checked_here_and_cites_its_config():
@@ -87,33 +93,33 @@ def test_mla_caches_a_latent_far_smaller_than_full_keys_and_values():
 
 @pytest.mark.parametrize("name", sorted(MODEL_SHAPES))
 def test_max_kv_tokens_on_an_h200_by_hand(name):
-    budget = 141e9 * 0.9 - 2 * HAND_PARAMS[name]
+    budget = 141 * 2**30 * 0.9 - 2 * HAND_PARAMS[name]  # "141 GB" is 141 GiB
     expected = int(budget // HAND_KV_BF16[name]) if budget > 0 else 0
     assert max_kv_tokens(name, "H200") == expected
-    budget8 = 141e9 * 0.9 - 1 * HAND_PARAMS[name]  # fp8 weights, fp8 KV
+    budget8 = 141 * 2**30 * 0.9 - 1 * HAND_PARAMS[name]  # fp8 weights, fp8 KV
     assert max_kv_tokens(name, "H200", dtype="fp8") == (int(budget8 // (HAND_KV_BF16[name] / 2)) if budget8 > 0 else 0)
 
 
 def test_max_kv_tokens_worked_example_llama_8b_on_h100():
-    # 80e9 x 0.9 = 72e9 bytes; weights 16_060_522_496; left 55_939_477_504; / 131072 per token
-    assert max_kv_tokens("Llama-3.1-8B", "H100-SXM") == 55_939_477_504 // 131072 == 426_784
+    # 80 GiB x 0.9 = 77_309_411_328 bytes; weights 16_060_522_496; left 61_248_888_832; / 131072 per token
+    assert max_kv_tokens("Llama-3.1-8B", "H100-SXM") == 61_248_888_832 // 131072 == 467_291
     # the KV dtype alone: fp8 KV doubles the tokens
-    assert max_kv_tokens("Llama-3.1-8B", "H100-SXM", kv_dtype="fp8") == 55_939_477_504 // 65536
+    assert max_kv_tokens("Llama-3.1-8B", "H100-SXM", kv_dtype="fp8") == 61_248_888_832 // 65536 == 934_583
 
 
 def test_weights_that_do_not_fit_leave_no_kv():
-    assert max_kv_tokens("Llama-3.1-70B", "H100-SXM") == 0  # 141 GB of bf16 weights on an 80 GB card
+    assert max_kv_tokens("Llama-3.1-70B", "H100-SXM") == 0  # 141e9 bytes of bf16 weights on an 80 GiB card
     assert max_concurrent_requests("DeepSeek-V3", "H200", 4096) == 0
 
 
 def test_max_concurrent_requests_by_hand():
     # Llama-3.1-8B on H100 at 8192 tokens: 8192 tokens = 512 whole blocks of 16
     per_request = 8192 * 131072
-    assert max_concurrent_requests("Llama-3.1-8B", "H100-SXM", 8192) == int(55_939_477_504 // per_request) == 52
+    assert max_concurrent_requests("Llama-3.1-8B", "H100-SXM", 8192) == int(61_248_888_832 // per_request) == 57
     # 8190 tokens still take 512 blocks
-    assert max_concurrent_requests("Llama-3.1-8B", "H100-SXM", 8190) == 52
+    assert max_concurrent_requests("Llama-3.1-8B", "H100-SXM", 8190) == 57
     # Qwen2.5-7B: 4 KV heads
-    qwen_budget = 80e9 * 0.9 - 2 * HAND_PARAMS["Qwen2.5-7B"]
+    qwen_budget = 80 * 2**30 * 0.9 - 2 * HAND_PARAMS["Qwen2.5-7B"]
     assert max_concurrent_requests("Qwen2.5-7B", "H100-SXM", 8192) == int(qwen_budget // (8192 * 57344))
 
 
@@ -166,8 +172,10 @@ def test_roofline_by_hand_llama_8b_on_h100():
     assert arithmetic_intensity("Llama-3.1-8B", t, 2048, phase="prefill") == pytest.approx(
         t * (2 * p + attn * 2048 / 2) / (w + t * kv)
     )
-    assert arithmetic_intensity("Llama-3.1-8B", t, 2048, phase="prefill") > ridge > arithmetic_intensity(
-        "Llama-3.1-8B", 1, 2048
+    assert (
+        arithmetic_intensity("Llama-3.1-8B", t, 2048, phase="prefill")
+        > ridge
+        > arithmetic_intensity("Llama-3.1-8B", 1, 2048)
     )
 
 
@@ -187,11 +195,27 @@ def test_decode_compute_bound_batch_by_hand():
 def test_gpu_numbers_are_dense_and_cited():
     assert set(GPUS) >= {"A100-80GB", "H100-SXM", "H200", "L4", "RTX-4090"}
     h100, h200 = GPUS["H100-SXM"], GPUS["H200"]
-    assert (h100.memory_gb, h100.bandwidth_gbs, h100.bf16_tflops, h100.fp8_tflops) == (80, 3350, 989, 1979)
-    assert (h200.memory_gb, h200.bandwidth_gbs, h200.bf16_tflops) == (141, 4800, 989)
+    assert (h100.memory_gib, h100.bandwidth_gbs, h100.bf16_tflops, h100.fp8_tflops) == (80, 3350, 989, 1979)
+    assert (h200.memory_gib, h200.bandwidth_gbs, h200.bf16_tflops) == (141, 4800, 989)
     assert GPUS["A100-80GB"].fp8_tflops is None and GPUS["A100-80GB"].int8_tops == 2 * GPUS["A100-80GB"].bf16_tflops
     for g in GPUS.values():
         assert g.source.startswith("https://") and g.checked_via
+
+
+def test_gpu_memory_is_binary_as_nvidia_smi_shows_it():
+    # https://github.com/modal-labs/modal-client/pull/2797: nvidia-smi totals 81,559 MiB on an H100 80GB,
+    # 81,920 MiB on an A100 80GB, 23,034 MiB on an L4
+    h100 = GPUS["H100-SXM"]
+    assert h100.memory_bytes == 80 * 1024**3 == 85_899_345_920 and h100.memory_gb == pytest.approx(85.9, abs=0.01)
+    assert (h100.smi_total_mib, GPUS["A100-80GB"].smi_total_mib, GPUS["L4"].smi_total_mib) == (81559, 81920, 23034)
+    assert 81559 * 1024**2 == 85_520_809_984  # about 85.5e9 bytes, 79.6 GiB
+    for g in GPUS.values():
+        if g.smi_total_mib is None:
+            continue
+        shown = g.smi_total_mib * 1024**2
+        # what the driver shows is at most the nameplate read as GiB, and far above the nameplate read as 1e9 bytes
+        assert g.memory_bytes * 0.93 <= shown <= g.memory_bytes, g.name
+        assert shown > g.memory_gib * 1e9, g.name
 
 
 @pytest.mark.parametrize(
@@ -243,7 +267,9 @@ def test_every_engine_setting_and_plugin_has_a_row_in_the_knobs_table():
     fields = {f.name for f in dataclasses.fields(EngineConfig)}  # read now: new fields must be added to KNOBS
     bases = {"Plugin", "SchedulerPlugin", "AttentionPlugin", "CachePlugin"}
     plugin_names = {  # every plugin a learner can import, wherever it lives
-        name for package in (plugins, monitoring, advanced) for name, obj in vars(package).items()
+        name
+        for package in (plugins, monitoring, advanced)
+        for name, obj in vars(package).items()
         if inspect.isclass(obj) and issubclass(obj, Plugin) and name not in bases
     }
     assert {"KVQuantizationPlugin", "MetricsCollector", "ShardedAttentionPlugin"} <= plugin_names  # the scan works
@@ -257,3 +283,17 @@ def test_every_engine_setting_and_plugin_has_a_row_in_the_knobs_table():
     assert "max_num_batched_tokens" in rows["max_tokens_per_step"].vllm
     assert "chunked_prefill_size" in rows["prefill_chunk_size"].sglang
     assert rows["max_running"].sglang == "max_running_requests"
+
+
+def test_knobs_state_the_sglang_budget_and_priority_facts():
+    # server_args.py: max_prefill_tokens, chunked_prefill_size, enable_mixed_chunk (default False),
+    # enable_priority_scheduling ("higher priority integer values ... first by default"); vLLM: lower value first
+    rows = {k.ours: k for k in KNOBS}
+    budget = rows["max_tokens_per_step"].sglang
+    assert all(name in budget for name in ("max_prefill_tokens", "chunked_prefill_size", "enable_mixed_chunk"))
+    assert "off by default" in budget
+    for row in (rows["policy"], rows["PriorityPlugin"]):
+        assert "enable_priority_scheduling" in row.sglang and "larger" in row.sglang
+        assert "smaller" in row.vllm
+    assert "per tensor" in rows["KVQuantizationPlugin"].vllm
+    assert "token by token" in rows["enable_prefix_caching"].note

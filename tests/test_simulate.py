@@ -27,7 +27,7 @@ TINY = ModelShape(
     source="by hand", hidden=8, intermediate=16, vocab=10,
 )  # fmt: skip
 # 100 kB: 90 kB for KV at 32 bytes per token (2 layers x K and V x 4 wide x 2 B) = 2,727 tokens, 170 blocks of 16
-SMALL = GPUSpec("small", memory_gb=1e-4, bandwidth_gbs=1, bf16_tflops=1, fp8_tflops=None, int8_tops=2,
+SMALL = GPUSpec("small", memory_gib=1e5 / 2**30, bandwidth_gbs=1, bf16_tflops=1, fp8_tflops=None, int8_tops=2,
                 source="by hand", checked_via="by hand")  # fmt: skip
 ROOMY = EngineConfig(max_tokens_per_step=64, prefill_chunk_size=64, max_running=8, preemption=True)
 
@@ -139,3 +139,25 @@ def test_llama_8b_on_an_h100_small_run_and_a_sweep():
 def test_bad_inputs(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_the_light_batch_samples_the_rows_the_full_batch_samples():
+    """ShapeOnlyLM skips positions and keys; the rows it samples, and their owners, are the real builder's."""
+    from cblab_teach.core.batch_builder import build_batch
+    from cblab_teach.core.engine import Engine
+    from cblab_teach.production.simulate import ShapeOnlyLM
+
+    model = ShapeOnlyLM()
+    config = dataclasses.replace(ROOMY, max_tokens_per_step=24, prefill_chunk_size=8, num_blocks=64)
+    engine = Engine(model, config)
+    for p, n in zip(prompts(5, 30, 12), (4, 3, 6)):
+        engine.add_request(p, n)
+    seen = 0
+    while engine.has_unfinished():
+        record = engine.step()
+        full = build_batch(record.plan, engine.requests, model.device)
+        light = model.build_batch(record.plan, engine.requests, model.device)
+        assert light.sample_request_ids == full.sample_request_ids and light.num_tokens == full.num_tokens
+        assert light.request_ids == full.request_ids
+        seen += len(full.sample_request_ids)
+    assert seen == 4 + 3 + 6  # every sampled token went through the comparison

@@ -25,7 +25,7 @@ TINY = ModelShape(
     source="by hand", hidden=8, intermediate=16, vocab=10,
 )  # fmt: skip
 # 1 TFLOP/s, 1 GB/s: every op of TINY is memory-bound, so its time is its bytes / 1e9
-SLOW = GPUSpec("slow", memory_gb=1, bandwidth_gbs=1, bf16_tflops=1, fp8_tflops=None, int8_tops=2,
+SLOW = GPUSpec("slow", memory_gib=1, bandwidth_gbs=1, bf16_tflops=1, fp8_tflops=None, int8_tops=2,
                source="by hand", checked_via="by hand")  # fmt: skip
 
 

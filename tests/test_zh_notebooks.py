@@ -110,7 +110,7 @@ def test_the_english_course_is_english_and_the_chinese_review_is_chinese() -> No
                for c in nbformat.read(p, as_version=4).cells if c.cell_type == "markdown"]  # fmt: skip
     judged = [s for s in english if len(ENGLISH_WORD.findall(prose(s))) >= 5]
     assert len(judged) > 100 and [s[:60] for s in judged if not mostly_english(s)] == []
-    review = nbformat.read(ROOT / "notebooks" / "17_interview_review_zh.ipynb", as_version=4)
+    review = nbformat.read(ROOT / "notebooks" / "18_interview_review_zh.ipynb", as_version=4)
     chinese = [c.source for c in review.cells if c.cell_type == "markdown" and HAN.search(c.source)]
     assert len(chinese) > 20 and [s[:60] for s in chinese if mostly_english(s)] == []
 
@@ -345,7 +345,7 @@ def test_the_site_indexes_link_both_languages_and_the_chinese_pages_reach_the_ch
     entry = [("04_x", "04 · 不规则批处理", 1.0, 1)]
     (tmp_path / "zh" / "index.html").write_text(build_site.index_page(entry, "zh", both), "utf-8")
     page = build_site.rewrite_links(
-        '<a href="../../docs/glossary_zh.md#prefill">预填充</a> <a href="../17_interview_review_zh.ipynb">复习</a> '
+        '<a href="../../docs/glossary_zh.md#prefill">预填充</a> <a href="../18_interview_review_zh.ipynb">复习</a> '
         '<a href="05_dense_vs_paged_kv.ipynb">05</a> <a href="../../exercises/ex01_ragged_mask.ipynb">练习</a>'
     )
     (tmp_path / "zh" / "04_x.html").write_text(page, encoding="utf-8")
@@ -358,7 +358,7 @@ def test_the_site_indexes_link_both_languages_and_the_chinese_pages_reach_the_ch
     assert 'href="../glossary_zh.html"' in zh_index and 'href="../reading_zh.html"' in zh_index
     assert 'href="../teaching_zh.html"' in zh_index and 'href="glossary_zh.html"' not in en_index
     assert (tmp_path / "zh" / "04_x.html").read_text(encoding="utf-8") == (
-        '<a href="../glossary_zh.html#prefill">预填充</a> <a href="../17_interview_review_zh.html">复习</a> '
+        '<a href="../glossary_zh.html#prefill">预填充</a> <a href="../18_interview_review_zh.html">复习</a> '
         '<a href="05_dense_vs_paged_kv.html">05</a> <a href="../../exercises/ex01_ragged_mask.ipynb">练习</a>'
     )
     glossary = (tmp_path / "glossary_zh.html").read_text(encoding="utf-8")

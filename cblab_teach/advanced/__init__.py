@@ -1,4 +1,5 @@
-"""Advanced serving: KV sharding with an exact log-sum-exp merge, disaggregated prefill/decode, many LoRA adapters."""
+"""Advanced serving: KV sharding with an exact log-sum-exp merge, disaggregated prefill/decode, many LoRA adapters,
+tensor parallelism across processes."""
 
 from .disaggregated import DisaggregatedServer, Transfer, TwoProcessResult, run_two_processes
 from .distributed import run_distributed
@@ -17,6 +18,7 @@ from .sharding import (
     sharded_attention,
     sharded_ragged_attention,
 )
+from .tensor_parallel import TensorParallelResult, run_tensor_parallel, simulate_tensor_parallel
 
 __all__ = [
     "DisaggregatedServer",
@@ -34,6 +36,9 @@ __all__ = [
     "merge_weights",
     "partial_attention",
     "run_distributed",
+    "run_tensor_parallel",
+    "simulate_tensor_parallel",
+    "TensorParallelResult",
     "run_two_processes",
     "shard_sizes",
     "sharded_attention",

@@ -68,7 +68,7 @@ class KVMemory(Exercise):
     name = "ex10_kv_memory"
     title = "KV bytes per token and requests that fit"
     entry = "kv_capacity"
-    course = "15_toy_to_production"
+    course = "15_memory_and_step_time"
     hint = (
         "bytes per token = 2 (K and V) * layers * KV heads * head_dim * bytes per element; blocks in the pool = "
         "pool_bytes // (bytes per token * block_size); each request takes ceil(tokens / block_size) whole blocks"

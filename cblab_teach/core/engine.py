@@ -240,7 +240,8 @@ class Engine(RequestTable):
             self.running.append(req)
         copied = self.kv.prepare_writes(plan.chunks)  # slots for every chunk; shared blocks copied first
         self.stats.cow_copies += sum(len(pairs) for pairs in copied.values())
-        batch = build_batch(plan, self.requests, self.model.device)
+        # a stand-in model that reads no token (production.simulate's ShapeOnlyLM) may build a lighter batch
+        batch = getattr(self.model, "build_batch", build_batch)(plan, self.requests, self.model.device)
         fwd_start = time.perf_counter()
         new_tokens = sample_step(plan, self._forward(batch), self.requests, self.stats)
         if self.model.device.type == "cuda":

@@ -7,7 +7,8 @@ for every layer), with real shapes and real memory:
     (MLA caches one latent of kv_lora_rank + qk_rope_head_dim per layer instead: no factor 2, no heads)
 
 ``max_kv_tokens`` mirrors ``gpu_memory_utilization`` in vLLM: a fraction of the GPU is for this engine, the
-weights come off the top, the rest is KV pool. Real engines also keep activation and CUDA-graph memory out of
+weights come off the top, the rest is KV pool. The GPU's memory is binary (``GPUSpec.memory_bytes``: an "80 GB"
+H100 is 80 GiB, 85.9e9 bytes) while weights and KV are counted in bytes here and quoted in decimal GB. Real engines also keep activation and CUDA-graph memory out of
 the pool, so their pool is a little smaller than this.
 """
 

@@ -4,6 +4,8 @@ Only what the memory, roofline and step-time arithmetic needs: layers, query hea
 parameters, and (for the step-time model's per-operator split) hidden size, MLP width and vocabulary.
 Parameter counts of the dense models are computed from the same config (embeddings, attention and MLP
 projections, norms); each agrees with the size the model card states (8.03B, 70.6B, 7.62B, 7.25B, 9.24B).
+Mixtures of experts also record their experts (how many, how many per token, one expert's width), which expert
+parallelism divides among GPUs; Mixtral's count, computed the same way, is 46.7B (12.9B active per token).
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ class ModelShape:
     intermediate: int | None = None  # MLP width of a dense model
     vocab: int | None = None
     tied_embeddings: bool = False  # the LM head reuses the embedding table (Gemma-2)
+    # mixture of experts (None for a dense model): routed experts per MoE layer, how many each token is sent to,
+    # the MLP width of one expert, always-on shared experts, and leading layers that keep a dense MLP instead
+    experts: int | None = None
+    experts_per_token: int | None = None
+    expert_intermediate: int | None = None
+    shared_experts: int = 0
+    dense_layers: int = 0
 
     def __post_init__(self) -> None:
         """Refuse, naming the field, a shape the arithmetic would divide by zero on or turn into negative bytes."""
@@ -66,11 +75,54 @@ class ModelShape:
             raise ConfigError(f"{where}: q_heads={self.q_heads} is not a multiple of kv_heads={self.kv_heads}")
         if self.active_params > self.params:
             raise ConfigError(f"{where}: active_params={self.active_params} exceeds params={self.params}")
+        self._check_experts(where)
         if (self.kv_latent_dim is None) != (self.v_head_dim is None):  # the roofline reads both for MLA
             raise ConfigError(
                 f"{where}: MLA needs kv_latent_dim and v_head_dim together, got {self.kv_latent_dim!r} "
                 f"and {self.v_head_dim!r}"
             )
+
+    def _check_experts(self, where: str) -> None:
+        """A mixture of experts needs its three numbers together, and a token cannot pick more experts than exist."""
+        moe = (self.experts, self.experts_per_token, self.expert_intermediate)
+        for name, value in zip(("experts", "experts_per_token", "expert_intermediate"), moe):
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"{where}: {name} must be None or an int >= 1, got {value!r}")
+        if any(v is None for v in moe) and any(v is not None for v in moe):
+            raise ConfigError(
+                f"{where}: a mixture of experts needs experts, experts_per_token and expert_intermediate together, "
+                f"got {self.experts!r}, {self.experts_per_token!r} and {self.expert_intermediate!r}"
+            )
+        if self.experts is not None and self.experts_per_token > self.experts:
+            raise ConfigError(f"{where}: experts_per_token={self.experts_per_token} exceeds experts={self.experts}")
+        if not _is_int(self.shared_experts) or self.shared_experts < 0:
+            raise ConfigError(f"{where}: shared_experts must be an int >= 0, got {self.shared_experts!r}")
+        if not _is_int(self.dense_layers) or not 0 <= self.dense_layers < self.layers:
+            raise ConfigError(
+                f"{where}: dense_layers must be an int in [0, layers={self.layers}), got {self.dense_layers!r}"
+            )
+        if self.experts is None and (self.shared_experts or self.dense_layers):
+            raise ConfigError(
+                f"{where}: shared_experts={self.shared_experts} and dense_layers={self.dense_layers} describe a "
+                f"mixture of experts, but experts is None"
+            )
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts is not None
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose MLP is a set of experts (0 for a dense model)."""
+        return self.layers - self.dense_layers if self.is_moe else 0
+
+    @property
+    def routed_expert_params(self) -> int:
+        """Weights of every routed expert of every MoE layer (gate, up and down of each): what expert
+        parallelism divides among GPUs; 0 for a dense model or where ``hidden`` is not recorded."""
+        if not self.is_moe or self.hidden is None:
+            return 0
+        return self.moe_layers * self.experts * 3 * self.hidden * self.expert_intermediate
 
     @property
     def is_mla(self) -> bool:
@@ -144,7 +196,34 @@ MODEL_SHAPES: dict[str, ModelShape] = {
         checked_via="https://huggingface.co/amd/DeepSeek-R1-0528-MXFP4/blob/main/config.json (same architecture) and "
         "https://github.com/deepseek-ai/DeepSeek-V3 README (671B total, 37B activated)",
         kv_latent_dim=512 + 64, v_head_dim=512,
-        note="MLA: kv_lora_rank 512 + qk_rope_head_dim 64 cached per layer per token, shared by all 128 heads; "
+        hidden=7168, experts=256, experts_per_token=8, expert_intermediate=2048, shared_experts=1, dense_layers=3,
+        note="hidden 7168; n_routed_experts 256, num_experts_per_tok 8, moe_intermediate_size 2048, "
+        "n_shared_experts 1, first_k_dense_replace 3 (also https://huggingface.co/XelotX/DeepSeek-V3-Base-Original/"
+        "blob/main/inference/configs/config_671B.json, a duplicate of deepseek-ai/DeepSeek-V3-Base: dim 7168, "
+        "moe_inter_dim 2048, n_dense_layers 3); "
+        "MLA: kv_lora_rank 512 + qk_rope_head_dim 64 cached per layer per token, shared by all 128 heads; "
         "query/key head 192 = 128 + 64; MoE 256 routed experts, 8 per token; params exclude the 14B MTP module",
     ),
+}
+
+MIXTRAL_8X7B = ModelShape(
+    "Mixtral-8x7B-v0.1", layers=32, q_heads=32, kv_heads=8, head_dim=128,
+    params=46_702_792_704, active_params=12_879_925_248,
+    hidden=4096, vocab=32000, experts=8, experts_per_token=2, expert_intermediate=14336,
+    source=f"{HF}/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json",
+    checked_via=f"{HF}/mistralai/Mixtral-8x7B-Instruct-v0.1/blob/eba92302a2861cdc0098cc54bc9f17cb2c47eb61/config.json "
+    f"and {HF}/YeungNLP/firefly-mixtral-8x7b/blob/f334c672409846213e600e580af3fac89a9c2e64/config.json (names "
+    "mistralai/Mixtral-8x7B-v0.1); https://arxiv.org/abs/2401.04088 (47B parameters, 13B active)",
+    note="num_local_experts 8, num_experts_per_tok 2, intermediate_size 14336 is one expert's width; hidden 4096, "
+    "vocab 32000, untied embeddings, sliding_window null. Parameters computed from the config: "
+    "32 x (attention 41,943,040 + 8 experts x 176,160,768 + router 32,768 + norms 8,192) + 2 x 32000 x 4096 + 4096; "
+    "active: 2 experts instead of 8",
+)
+"""Mixtral-8x7B, a mixture of experts without MLA, for the expert-parallel arithmetic. Kept out of
+:data:`MODEL_SHAPES` (whose every entry the dense tests rebuild from its widths); look it up by name through
+:data:`MOE_SHAPES`."""
+
+MOE_SHAPES: dict[str, ModelShape] = {
+    "Mixtral-8x7B-v0.1": MIXTRAL_8X7B,
+    "DeepSeek-V3": MODEL_SHAPES["DeepSeek-V3"],
 }

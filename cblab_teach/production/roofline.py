@@ -11,7 +11,11 @@ Llama-3.1-8B's 8.03B weights); a tied table is counted, since the LM head multip
     prefill, T prompt tokens of length c: FLOPs = T (2 M + A c / 2)   bytes = W + T kv   (causal: c/2 keys on average)
 
 ``W = M x`` the weights' element size. The GPU's ridge point is peak FLOP/s / bandwidth: below it a step waits on
-memory, above it on arithmetic. For a mixture of experts the bytes count only the active experts: a lower bound,
+memory, above it on arithmetic. ``dtype`` picks the peak, so it must be the dtype the matmuls *run* in: fp8 doubles
+the peak, and the ridge, only when weights and activations are both fp8 (W8A8). Weight-only quantization (W8A16,
+W4A16) stores small weights but computes in bf16 or fp16, so it cuts the bytes at the bf16 ridge: vLLM runs fp8
+as W8A8 only on GPUs with fp8 tensor cores and as weight-only W8A16 (FP8 Marlin) on Turing and Ampere
+(https://docs.vllm.ai/en/stable/features/quantization/fp8/). For a mixture of experts the bytes count only the active experts: a lower bound,
 since a large batch touches more. ``step_time.py`` splits the same sums per operator and turns them into seconds.
 """
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 from ..core.batch_builder import RaggedBatch
 from ..core.config import EngineConfig
 from ..core.engine import Engine
+from ..core.scheduler import Scheduler
 from ..errors import ConfigError
 from ..model.config import ModelConfig
 from ..model.tiny_lm import TinyLM
@@ -59,6 +60,15 @@ class ShapeOnlyLM(TinyLM):
     def forward(self, batch: RaggedBatch, cache, impl="segmented", via_flatten=False, all_logits=False):
         rows = batch.num_tokens if all_logits else len(batch.sample_rows)
         return torch.zeros(rows, self.config.vocab_size)
+
+    def build_batch(self, plan, requests, device) -> RaggedBatch:
+        """Only what :meth:`forward` and sampling read, the sampled rows and their owners: no token ids, positions
+        or keys (building those over every context is most of a simulated step's cost and changes no decision)."""
+        owners = [c.request_id for c in plan.chunks for _ in range(c.num_logits)]
+        none = torch.empty(0, dtype=torch.long)
+        tokens = torch.empty(plan.used, dtype=torch.long)
+        return RaggedBatch([c.request_id for c in plan.chunks], tokens, none, none, none, none, none, none, none,
+                           torch.arange(len(owners)), owners)  # fmt: skip
 
 
 @dataclass
@@ -179,6 +189,26 @@ def sim_engine_config(
     return replace(base, num_blocks=blocks, kv_layout="paged", device="cpu", speculative=None, keep_records=1)
 
 
+def check_sim_inputs(workload: Workload, arrivals: Sequence[float]) -> list[float]:
+    """The arrival times as a list, once ``workload`` and ``arrivals`` are known to pair up (one finite time >= 0
+    per request); a ConfigError naming the bad value otherwise."""
+    if not isinstance(workload, Workload):
+        raise ConfigError(f"workload must be a cblab_teach.workloads.Workload, got {workload!r}")
+    arrivals = list(arrivals)
+    if len(arrivals) != len(workload) or not arrivals:
+        raise ConfigError(f"need one arrival time per request: {len(workload)} requests, {len(arrivals)} arrivals")
+    if any(not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0 for t in arrivals):
+        raise ConfigError(f"arrival times must be finite numbers >= 0, got {arrivals[:5]!r}...")
+    return arrivals
+
+
+def sim_step(now: float, seconds: float, record) -> SimStep:
+    """The :class:`SimStep` of an engine step that started at ``now`` and took ``seconds``."""
+    plan = record.plan
+    return SimStep(now, seconds, plan.decode_tokens, plan.prefill_tokens, len(record.running), len(record.waiting),
+                   len(plan.preempted))  # fmt: skip
+
+
 def simulate(
     model: ModelShape | str,
     gpu: GPUSpec | str,
@@ -189,19 +219,19 @@ def simulate(
     kv_dtype: str | None = None,
     efficiency: Efficiency = DEFAULT_EFFICIENCY,
     memory_utilization: float = 0.9,
+    scheduler: Callable[[EngineConfig], Scheduler] | None = None,
 ) -> SimResult:
     """Serve ``workload`` (prompt lengths and ``max_new_tokens``) arriving at ``arrivals`` on the engine's own
-    scheduler, each step timed by the step-time model of ``model`` on ``gpu``."""
+    scheduler, each step timed by the step-time model of ``model`` on ``gpu``.
+
+    ``scheduler``: a function of the engine's config returning another :class:`Scheduler` (a subclass with its
+    own ``plan``) to run in its place; :mod:`~cblab_teach.production.policies` uses it to compare policies."""
     shape, spec = as_shape(model), as_gpu(gpu)
-    if not isinstance(workload, Workload):
-        raise ConfigError(f"workload must be a cblab_teach.workloads.Workload, got {workload!r}")
-    arrivals = list(arrivals)
-    if len(arrivals) != len(workload) or not arrivals:
-        raise ConfigError(f"need one arrival time per request: {len(workload)} requests, {len(arrivals)} arrivals")
-    if any(not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0 for t in arrivals):
-        raise ConfigError(f"arrival times must be finite numbers >= 0, got {arrivals[:5]!r}...")
+    arrivals = check_sim_inputs(workload, arrivals)
     config = sim_engine_config(shape, spec, engine_config, dtype, kv_dtype, memory_utilization)
     engine = Engine(ShapeOnlyLM(), config)
+    if scheduler is not None:
+        engine.scheduler = scheduler(config)
     order = sorted(range(len(workload)), key=lambda i: arrivals[i])
     results: dict[int, RequestResult] = {}
     steps: list[SimStep] = []
@@ -216,9 +246,7 @@ def simulate(
             nxt += 1
         record = engine.step()
         seconds = step_time_from_record(record, shape, spec, dtype, kv_dtype, efficiency).seconds
-        plan = record.plan
-        steps.append(SimStep(now, seconds, plan.decode_tokens, plan.prefill_tokens, len(record.running),
-                             len(record.waiting), len(plan.preempted)))  # fmt: skip
+        steps.append(sim_step(now, seconds, record))
         now += seconds
         for rid, tokens in record.new_tokens.items():
             results[rid].token_times.extend([now] * len(tokens))

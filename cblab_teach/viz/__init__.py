@@ -21,10 +21,13 @@ from .errors import (
 )
 from .lang import current_language, set_language
 from .mask import mask_figure
+from .memory_bar import memory_bar_figure
 from .metrics import metrics_figure
 from .players import StepPlayer
 from .playground import Playground
+from .roofline_chart import roofline_figure
 from .setup import setup_notebook
+from .sim_timeline import sim_timeline_figure
 from .timeline import compare_timelines, request_states, timeline_figure
 
 __all__ = [
@@ -43,11 +46,14 @@ __all__ = [
     "compare_timelines",
     "current_language",
     "mask_figure",
+    "memory_bar_figure",
     "metrics_figure",
     "request_color",
     "request_colors",
     "request_states",
+    "roofline_figure",
     "set_language",
     "setup_notebook",
+    "sim_timeline_figure",
     "timeline_figure",
 ]

@@ -99,6 +99,51 @@ EN: dict[str, str] = {
         "{hits} prompt tokens from the prefix cache, "
         "{accepted} of {drafts} drafts accepted"
     ),
+    # roofline_chart.py
+    "roof": "roof",
+    "roof_attention": "attention roof ({dtype})",
+    "ridge": "ridge point",
+    "ridge_text": "ridge {ridge:.0f} FLOPs/byte",
+    "gemm_decode": "GEMMs, decode",
+    "attention_decode": "attention, decode",
+    "gemm_prefill": "GEMMs, prefill chunk",
+    "attention_prefill": "attention, prefill chunk",
+    "intensity_axis": "arithmetic intensity (FLOPs per byte)",
+    "attained_axis": "attained TFLOP/s",
+    "roofline_title": "roofline: {model} on {gpu}, {dtype}, decode context {context} tokens",
+    "roof_decode_point": "decode, batch {batch}",
+    "roof_prefill_point": "prefill chunk of {tokens} tokens after {before}",
+    "compute_bound": "compute-bound",
+    "memory_bound": "memory-bound",
+    "roofline_hover": (
+        "%{customdata[0]}, %{customdata[1]}<br>%{x:.3g} FLOPs/byte, %{y:.3g} TFLOP/s"
+        "<br>%{customdata[2]:.3g} µs (%{customdata[3]})<extra></extra>"
+    ),
+    "ridge_hover": "ridge point: %{x:.0f} FLOPs/byte = peak / bandwidth<extra></extra>",
+    # memory_bar.py
+    "mem_weights": "weights {gib:.1f} GiB",
+    "mem_kv_used": "KV in use {gib:.1f} GiB",
+    "mem_kv_over": "KV that does not fit {gib:.1f} GiB",
+    "mem_kv_free": "free KV {gib:.1f} GiB",
+    "mem_reserve": "reserve & activations {gib:.1f} GiB",
+    "mem_axis": "GPU memory, GiB (2^30 bytes)",
+    "mem_title": "{model} on {gpu}: {requests} requests x {context} tokens of KV",
+    "mem_over_title": "<br>over-full: KV needs {need:.1f} GiB, the pool holds {have:.1f} GiB",
+    "mem_gpu_line": "GPU {gib:.1f} GiB",
+    "mem_util_line": "utilization {util:.0%}",
+    "mem_hover": "%{customdata}: %{x:.2f} GiB<extra></extra>",
+    # sim_timeline.py
+    "sim_decode": "decode tokens",
+    "sim_prefill": "prefill tokens",
+    "sim_running": "running",
+    "sim_waiting": "waiting",
+    "sim_preempted": "preemptions",
+    "sim_time_axis": "simulated seconds",
+    "sim_tokens_axis": "tokens per step",
+    "sim_requests_axis": "requests",
+    "sim_title": "simulated run: {steps} steps, {requests} requests, {seconds:.2f} s",
+    "sim_step_hover": "step %{customdata[0]}: %{y} %{customdata[1]}<br>%{customdata[2]:.3g} ms<extra></extra>",
+    "sim_preempt_hover": "step %{customdata[0]}: %{customdata[1]} preempted<extra></extra>",
 }
 
 ZH: dict[str, str] = {
@@ -177,6 +222,48 @@ ZH: dict[str, str] = {
         "{hits} 个提示 token 来自前缀缓存，"
         "{drafts} 个草稿中接受了 {accepted} 个"
     ),
+    "roof": "屋顶线",
+    "roof_attention": "注意力的屋顶线（{dtype}）",
+    "ridge": "拐点",
+    "ridge_text": "拐点 {ridge:.0f} 次浮点运算/字节",
+    "gemm_decode": "矩阵乘（解码）",
+    "attention_decode": "注意力（解码）",
+    "gemm_prefill": "矩阵乘（预填充块）",
+    "attention_prefill": "注意力（预填充块）",
+    "intensity_axis": "算术强度（每字节的浮点运算数）",
+    "attained_axis": "可达到的 TFLOP/s（每秒万亿次浮点运算）",
+    "roofline_title": "Roofline 模型：{gpu} 上的 {model}，{dtype}，解码上下文 {context} 个 token",
+    "roof_decode_point": "解码，批大小 {batch}",
+    "roof_prefill_point": "预填充块：{tokens} 个 token，前面已有 {before} 个",
+    "compute_bound": "算力受限",
+    "memory_bound": "带宽受限",
+    "roofline_hover": (
+        "%{customdata[0]}，%{customdata[1]}<br>每字节 %{x:.3g} 次浮点运算，%{y:.3g} TFLOP/s"
+        "<br>%{customdata[2]:.3g} 微秒（%{customdata[3]}）<extra></extra>"
+    ),
+    "ridge_hover": "拐点：每字节 %{x:.0f} 次浮点运算 = 峰值算力 / 带宽<extra></extra>",
+    "mem_weights": "权重 {gib:.1f} GiB",
+    "mem_kv_used": "已用 KV {gib:.1f} GiB",
+    "mem_kv_over": "放不下的 KV {gib:.1f} GiB",
+    "mem_kv_free": "空闲 KV {gib:.1f} GiB",
+    "mem_reserve": "预留与激活 {gib:.1f} GiB",
+    "mem_axis": "GPU 显存（GiB，2^30 字节）",
+    "mem_title": "{gpu} 上的 {model}：{requests} 个请求 × 每个 {context} 个 token 的 KV",
+    "mem_over_title": "<br>超出容量：KV 需要 {need:.1f} GiB，KV 池只有 {have:.1f} GiB",
+    "mem_gpu_line": "显存 {gib:.1f} GiB",
+    "mem_util_line": "利用率 {util:.0%}",
+    "mem_hover": "%{customdata}：共 %{x:.2f} GiB<extra></extra>",
+    "sim_decode": "解码 token",
+    "sim_prefill": "预填充 token",
+    "sim_running": "运行中",
+    "sim_waiting": "等待中",
+    "sim_preempted": "抢占",
+    "sim_time_axis": "模拟时钟（秒）",
+    "sim_tokens_axis": "每步 token 数",
+    "sim_requests_axis": "请求数",
+    "sim_title": "模拟运行：{steps} 步，{requests} 个请求，{seconds:.2f} 秒",
+    "sim_step_hover": "第 %{customdata[0]} 步：%{y} 个%{customdata[1]}<br>%{customdata[2]:.3g} 毫秒<extra></extra>",
+    "sim_preempt_hover": "第 %{customdata[0]} 步：抢占 %{customdata[1]} 个请求<extra></extra>",
 }
 
 TABLES = {"en": EN, "zh": ZH}

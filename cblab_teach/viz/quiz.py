@@ -96,7 +96,7 @@ def register_demo(number: int, demo: Demo) -> None:
 
 
 def notebook_path(lang: str) -> Path:
-    return NOTEBOOKS_DIR / f"17_interview_review_{lang}.ipynb"
+    return NOTEBOOKS_DIR / f"18_interview_review_{lang}.ipynb"
 
 
 def _cells(lang: str) -> list[dict]:

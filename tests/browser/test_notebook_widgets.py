@@ -2,6 +2,9 @@
 
 * After Run All, the "your turn" sliders show the values the text starts from (budget 16, chunk 8), not the
   ones its check cell tried (5 and 3): the check moves them back.
+* Reloaded after Run All (the kernel still alive), the page draws the players again from the kernel's widget
+  models, with no error in the browser console (anywidget, which plotly's FigureWidget is built on, reports
+  "Failed to initialize model" when a model's front end is not ready within 2 s).
 * Presented with RISE in a half-width panel (a 700 px wide window: half a laptop screen), long code lines
   wrap instead of running off the slide: ``scripts/jupyterlab-overrides.json`` turns on line wrapping in code
   cells, and RISE reads the same settings as JupyterLab.
@@ -16,7 +19,7 @@ import time
 import pytest
 
 from .conftest import ARTIFACTS
-from .jupyterlab import error_outputs, open_notebook, run_all_cells, wait_for_idle_kernel
+from .jupyterlab import error_outputs, open_notebook, plot_state, run_all_cells, step_players, wait_for_idle_kernel
 from .lab_server import LAB_SETTINGS, REPO, start_lab, stop_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -68,6 +71,36 @@ def test_your_turn_sliders_show_their_starting_values_after_run_all(course_lab, 
     shown = {name: v.inner_text().strip() for name, v in values.items()}
     context.close()
     assert shown == {"max_tokens_per_step": "16", "prefill_chunk_size": "8"}, shown
+
+
+def test_a_reload_redraws_the_players_without_console_errors(course_lab, chromium) -> None:
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    open_notebook(page, course_lab, NOTEBOOK)
+    run_all_cells(page)
+    before = step_players(page).count()
+    page.keyboard.press("Control+s")  # what autosave does in make lab (this test server has autosave off)
+    saved = lambda: course_lab.api(f"/api/contents/{NOTEBOOK}")["content"]["cells"]  # noqa: E731
+    deadline = time.monotonic() + 30
+    while not any(c.get("outputs") for c in saved()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    errors.clear()
+    page.reload()
+    wait_for_idle_kernel(page, course_lab, NOTEBOOK)
+    page.wait_for_function("() => !document.body.innerText.includes('Loading widget')", timeout=60_000)
+    players = step_players(page)
+    players.first.wait_for(timeout=60_000)
+    time.sleep(3)  # anywidget gives up on a model after 2 s: wait past that before reading the console
+    drawn = [len(plot_state(players.nth(i))["data"]) for i in range(players.count())]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "03-after-reload.png"))
+    context.close()
+    assert before >= 1 and len(drawn) == before, f"{before} players before the reload, {len(drawn)} after"
+    assert all(drawn), f"a player came back without traces: {drawn}"
+    assert errors == [], f"browser console errors after the reload: {errors}"
 
 
 def test_rise_wraps_long_code_lines_in_a_half_width_panel(course_lab, chromium) -> None:
