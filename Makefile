@@ -52,20 +52,23 @@ test: install
 # engine tests once more under python -O (asserts stripped): no engine invariant may hang on an assert
 OPTIMIZED_TESTS := tests/test_crossings.py tests/test_preemption.py tests/test_parallel_sampling.py \
 	tests/test_swap.py tests/test_prefix_cache.py tests/test_kv_cache.py
+# tests that mostly wait on notebook kernels (grading a class folder) run in the notebooks half, to balance the two
+KERNEL_TESTS := tests/test_grade.py
 test-suite: install  # tests marked slow (a real stalled kernel, ...) run in make test-slow, not here
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -m "not slow" $(addprefix --ignore=,$(KERNEL_TESTS))
 
 # The Chinese notebooks run the English code byte for byte (tests/test_zh_notebooks.py) and their labels are
 # tested in tests/test_viz_lang.py; these two run too, as a learner opens them: in notebooks/zh/, drawing the
 # budget, block-map and player widgets in Chinese (about 12 s).
 ZH_NOTEBOOKS = $(wildcard notebooks/zh/03_token_budget_scheduler.ipynb notebooks/zh/05_dense_vs_paged_kv.ipynb)
 # every notebook runs top to bottom (nbval; outputs are not compared, warnings fail); this half also runs the
-# python -O engine tests, so that both halves take about as long
+# python -O engine tests and the kernel-bound tests, so that both halves take about as long
 test-notebooks: install
 	@nbs=$$(ls notebooks/*.ipynb solutions/*.ipynb exercises/*.ipynb $(ZH_NOTEBOOKS) 2>/dev/null); \
 	if [ -n "$$nbs" ]; then $(PY) -m pytest -q -p no:cacheprovider -p tests.nbval_no_warnings --nbval-lax \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $$nbs; fi
 	$(PY) -O -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning $(OPTIMIZED_TESTS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(KERNEL_TESTS)
 
 test-fast: install
 	$(PY) -m pytest tests -q -m "not browser and not slow"

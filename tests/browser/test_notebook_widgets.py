@@ -21,6 +21,7 @@ import pytest
 from .conftest import ARTIFACTS
 from .jupyterlab import error_outputs, open_notebook, plot_state, run_all_cells, step_players, wait_for_idle_kernel
 from .lab_server import LAB_SETTINGS, REPO, start_lab, stop_lab
+from .test_notebooks_in_browser import check_widgets_and_play
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 NOTEBOOK = "notebooks/03_token_budget_scheduler.ipynb"
@@ -58,7 +59,7 @@ def course_lab(tmp_path_factory, chromium_path):
 
 
 def test_after_run_all_the_sliders_start_where_the_text_does_and_a_reload_redraws_the_players(course_lab, chromium):
-    """One Run All for both checks (each costs a notebook's run in a browser)."""
+    """One Run All for three checks (each would cost a notebook's run in a browser)."""
     context = chromium.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     errors: list[str] = []
@@ -74,6 +75,7 @@ def test_after_run_all_the_sliders_start_where_the_text_does_and_a_reload_redraw
     page.screenshot(path=str(ARTIFACTS / "03-sliders-after-run-all.png"))
     shown = {name: v.inner_text().strip() for name, v in values.items()}
     assert shown == {"max_tokens_per_step": "16", "prefill_chunk_size": "8"}, shown
+    check_widgets_and_play(page, "03_token_budget_scheduler")  # the players play and follow their sliders
 
     before = step_players(page).count()
     page.keyboard.press("Control+s")  # what autosave does in make lab (this test server has autosave off)

@@ -1,6 +1,6 @@
 """The course in a real browser: JupyterLab + Chromium, Run All, then play the step players.
 
-For each notebook: every cell runs without an exception, every widget renders (no
+For each notebook (04 here; 03 in test_notebook_widgets.py, which runs it once for several checks): every cell runs without an exception, every widget renders (no
 "Loading widget..." left), pressing play and dragging the step slider redraw the plotly
 figure (its trace data in the DOM changes), and the browser console stays free of errors.
 Screenshots go to test-artifacts/.
@@ -35,14 +35,19 @@ def test_notebook_runs_and_its_player_redraws(notebook: str, lab_page, lab_serve
     if not (REPO / "notebooks" / notebook).exists():
         pytest.skip(f"notebooks/{notebook} does not exist yet")
     page = lab_page
-    stem = notebook.removesuffix(".ipynb")
-    ARTIFACTS.mkdir(exist_ok=True)
-
     open_notebook(page, lab_server, f"notebooks/{notebook}")
     run_all_cells(page)
-    page.screenshot(path=str(ARTIFACTS / f"{stem}-after-run-all.png"))
+    check_widgets_and_play(page, notebook.removesuffix(".ipynb"))
+    errors = [e for e in page.console_errors if not is_benign(e)]
+    assert errors == [], f"browser console errors: {errors}"
 
-    assert error_outputs(page) == [], f"cells of {notebook} raised"
+
+def check_widgets_and_play(page, stem: str) -> None:
+    """After Run All: no cell raised, every widget drew with its labels whole, and the first step player redraws
+    its figure when played, paused and dragged to either end. (test_notebook_widgets.py runs notebook 03 with it.)"""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{stem}-after-run-all.png"))
+    assert error_outputs(page) == [], f"cells of {stem} raised"
     assert page.locator(".jp-OutputArea .jupyter-widgets").count() > 0, "no widget rendered"
     assert page.locator(".js-plotly-plot").count() > 0, "no plotly figure rendered"
     assert page.get_by_text("Loading widget", exact=False).count() == 0
@@ -51,7 +56,7 @@ def test_notebook_runs_and_its_player_redraws(notebook: str, lab_page, lab_serve
     assert cut == [], f"widget labels cut short (their text is wider than the label): {cut}"
 
     players = step_players(page)
-    assert players.count() > 0, f"{notebook} shows no step player (play button + slider + figure)"
+    assert players.count() > 0, f"{stem} shows no step player (play button + slider + figure)"
     player = players.first
     player.scroll_into_view_if_needed()
     start, start_step = plot_state(player), slider_value(player)
@@ -78,6 +83,3 @@ def test_notebook_runs_and_its_player_redraws(notebook: str, lab_page, lab_serve
     at_end = wait_for_new_plot(player, first)
     assert at_end["data"] != start["data"], "moving the slider did not redraw the figure"
     page.screenshot(path=str(ARTIFACTS / f"{stem}-after-slider.png"))
-
-    errors = [e for e in page.console_errors if not is_benign(e)]
-    assert errors == [], f"browser console errors: {errors}"
