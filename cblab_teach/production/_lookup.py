@@ -31,7 +31,8 @@ def dtype_bytes(dtype: str) -> float:
     return DTYPE_BYTES[dtype]
 
 
-def positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+def int_at_least(name: str, value: object, least: int = 1) -> int:
+    """``value``, if it is a real int (not a bool, not 128.0) of at least ``least``; else a ConfigError naming it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
     return value

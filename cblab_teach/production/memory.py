@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError
-from ._lookup import as_gpu, as_shape, dtype_bytes, positive_int
+from ._lookup import as_gpu, as_shape, dtype_bytes, int_at_least
 from .gpus import GPUSpec
 from .models import ModelShape
 
@@ -63,8 +63,8 @@ def kv_bytes_per_request(
     """KV bytes one request of ``context_len`` tokens holds, in whole blocks; sliding-window layers keep at most
     their window (what a hybrid allocator such as vLLM's saves on Gemma-2)."""
     s = as_shape(shape)
-    positive_int("context_len", context_len)
-    positive_int("block_size", block_size)
+    int_at_least("context_len", context_len)
+    int_at_least("block_size", block_size)
     per_layer = kv_bytes_per_token(s, kv_dtype) / s.layers
 
     def blocks(tokens: int) -> int:

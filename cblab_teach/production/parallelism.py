@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ._lookup import as_gpu, dtype_bytes, positive_int
+from ._lookup import as_gpu, dtype_bytes, int_at_least
 from .gpus import GPUSpec
 from .models import MODEL_SHAPES, MOE_SHAPES, ModelShape
 from .step_time import DEFAULT_EFFICIENCY, Efficiency, StepTime, step_time
@@ -87,7 +87,7 @@ def _activation_bytes(dtype: str) -> int:
 
 def ring_all_reduce_seconds(nbytes: float, ranks: int, link_gbs: float | str = "NVLink4-H100-SXM") -> float:
     """Seconds to all-reduce a buffer of ``nbytes`` over ``ranks`` GPUs in a ring: ``2 (p-1)/p x bytes / link``."""
-    positive_int("ranks", ranks)
+    int_at_least("ranks", ranks)
     if not isinstance(nbytes, (int, float)) or isinstance(nbytes, bool) or not math.isfinite(nbytes) or nbytes < 0:
         raise ConfigError(f"nbytes must be a finite number >= 0, got {nbytes!r}")
     return 2 * (ranks - 1) / ranks * nbytes / (_link(link_gbs) * 1e9)
@@ -112,7 +112,7 @@ def kv_split(q_heads: int, kv_heads: int, tp: int) -> tuple[int, int]:
     """(KV heads each GPU holds, copies of each KV head), vLLM's rule: split the KV heads when there are at least
     ``tp`` of them, else one per GPU and ``tp / kv_heads`` copies. ``tp`` must divide ``q_heads``, and divide or be
     a multiple of ``kv_heads``."""
-    positive_int("tp", tp)
+    int_at_least("tp", tp)
     if q_heads % tp:
         raise ConfigError(f"tp={tp} does not divide q_heads={q_heads}: each GPU must hold whole query heads")
     if tp <= kv_heads:
@@ -153,13 +153,13 @@ class TensorParallelPlan:
 
     def all_reduce_seconds(self, tokens: int) -> float:
         """Time of every all-reduce of one step of ``tokens`` tokens (all layers), ring model."""
-        positive_int("tokens", tokens)
+        int_at_least("tokens", tokens)
         one = ring_all_reduce_seconds(tokens * self.all_reduce_bytes_per_token, self.tp, self.link_gbs)
         return self.layers * self.all_reduces_per_layer * one
 
     def sent_bytes_per_rank(self, tokens: int) -> float:
         """Bytes each GPU sends in one step (all layers): ``2 (p-1)/p`` of every buffer."""
-        positive_int("tokens", tokens)
+        int_at_least("tokens", tokens)
         per_layer = tokens * self.all_reduce_bytes_per_token_per_layer
         return self.layers * 2 * (self.tp - 1) / self.tp * per_layer
 
@@ -261,13 +261,13 @@ def tp_step_time(
 
 def pipeline_bubble(stages: int, microbatches: int) -> float:
     """Fraction of time each stage idles in a GPipe schedule: ``(p - 1) / (m + p - 1)``."""
-    p, m = positive_int("stages", stages), positive_int("microbatches", microbatches)
+    p, m = int_at_least("stages", stages), int_at_least("microbatches", microbatches)
     return (p - 1) / (m + p - 1)
 
 
 def stage_layers(layers: int, pp: int) -> list[int]:
     """Layers per stage, as even as possible; the earlier stages take the remainder (this module's choice)."""
-    positive_int("pp", pp)
+    int_at_least("pp", pp)
     if pp > layers:
         raise ConfigError(f"pp={pp} exceeds layers={layers}: a stage would hold no layer")
     base, extra = divmod(layers, pp)
@@ -393,8 +393,8 @@ def expert_parallel_plan(
             f"expert_parallel_plan needs a mixture of experts with hidden recorded; ModelShape {s.name!r} has "
             f"experts={s.experts!r}, hidden={s.hidden!r}"
         )
-    positive_int("ep", ep)
-    positive_int("tokens", tokens)
+    int_at_least("ep", ep)
+    int_at_least("tokens", tokens)
     if s.experts % ep:
         raise ConfigError(f"ep={ep} does not divide experts={s.experts} of {s.name}")
     size = dtype_bytes(dtype)

@@ -51,7 +51,7 @@ from ..core.request import Request
 from ..core.scheduler import BlockLedger, ScheduledChunk, Scheduler, StepPlan, is_decoding
 from ..errors import ConfigError
 from ..workloads import Workload
-from ._lookup import as_gpu, as_shape
+from ._lookup import as_gpu, as_shape, int_at_least
 from .gpus import GPUSpec
 from .memory import kv_bytes_per_token
 from .models import ModelShape
@@ -77,12 +77,6 @@ POLICIES = ("decode_first", "prefill_first", "vllm_v1", "static", "disaggregated
 NVLINK4_BYTES_S = 450e9
 # A 400 Gb/s network port (the same MLPerf system lists "10x 400Gbe Infiniband"): 400e9 bits / 8 = 50 GB/s.
 NET_400G_BYTES_S = 400e9 / 8
-
-
-def _check_count(name: str, value: object, least: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
-    return value
 
 
 def check_bandwidth(link_bytes_s: object) -> float:
@@ -185,7 +179,7 @@ class VllmV1Scheduler(Scheduler):
 
     def __init__(self, *args, long_prefill_token_threshold: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.long_prefill_token_threshold = _check_count(
+        self.long_prefill_token_threshold = int_at_least(
             "long_prefill_token_threshold", long_prefill_token_threshold, 0
         )
 
@@ -214,7 +208,7 @@ class StaticScheduler(Scheduler):
 
     def __init__(self, *args, batch_size: int = 32, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.batch_size = _check_count("static_batch_size", batch_size, 1)
+        self.batch_size = int_at_least("static_batch_size", batch_size, 1)
 
     def plan(self, running, waiting, kv=None, budget=None, preemption=False, drafts=None) -> StepPlan:
         if running:  # the group runs on: every member, whole (a re-prefill after preemption in one go)
@@ -234,8 +228,8 @@ def policy_scheduler(
     policy: str, long_prefill_token_threshold: int = 0, static_batch_size: int = 32
 ) -> Callable[[EngineConfig], Scheduler] | None:
     """The ``scheduler`` argument of :func:`simulate` for a one-engine policy (None: the engine's own)."""
-    _check_count("long_prefill_token_threshold", long_prefill_token_threshold, 0)
-    _check_count("static_batch_size", static_batch_size, 1)
+    int_at_least("long_prefill_token_threshold", long_prefill_token_threshold, 0)
+    int_at_least("static_batch_size", static_batch_size, 1)
 
     def args(c: EngineConfig) -> tuple:
         return c.max_tokens_per_step, c.prefill_chunk_size, c.max_running, c.policy

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError
-from ._lookup import as_gpu, as_shape, dtype_bytes, positive_int
+from ._lookup import as_gpu, as_shape, dtype_bytes, int_at_least
 from .gpus import GPUSpec
 from .memory import kv_bytes_per_token
 from .models import ModelShape
@@ -67,8 +67,8 @@ def step_flops_and_bytes(
 ) -> tuple[float, float]:
     """FLOPs and bytes moved by one step (see the module docstring for the model)."""
     s = as_shape(shape)
-    positive_int("batch_tokens", batch_tokens)
-    positive_int("context_len", context_len)
+    int_at_least("batch_tokens", batch_tokens)
+    int_at_least("context_len", context_len)
     if phase not in PHASES:
         raise ConfigError(f"phase must be one of {PHASES}, got {phase!r}")
     weights = s.matmul_params * dtype_bytes(dtype)
@@ -102,7 +102,7 @@ def decode_compute_bound_batch(
     """Smallest decode batch whose intensity reaches the ridge point; None if no batch does (KV reads grow with
     the batch as fast as FLOPs, so long contexts can keep decode memory-bound at any batch size)."""
     s = as_shape(shape)
-    positive_int("context_len", context_len)
+    int_at_least("context_len", context_len)
     ridge = ridge_point(gpu, dtype)
     weights = s.matmul_params * dtype_bytes(dtype)
     kv = kv_bytes_per_token(s, kv_dtype or dtype)

@@ -6,7 +6,7 @@ import math
 
 from ..core.config import EngineConfig
 from ..model.config import ModelConfig
-from ._lookup import positive_int
+from ._lookup import int_at_least
 from .models import ModelShape
 
 
@@ -23,7 +23,7 @@ def engine_pool_bytes(engine_config: EngineConfig, model_config: ModelConfig) ->
 
 def engine_max_concurrent_requests(engine_config: EngineConfig, context_len: int) -> int:
     """Requests of ``context_len`` tokens the paged pool holds at once (whole blocks each)."""
-    positive_int("context_len", context_len)
+    int_at_least("context_len", context_len)
     return engine_config.num_blocks // math.ceil(context_len / engine_config.block_size)
 
 

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from ..errors import ConfigError
-from ..production._lookup import as_gpu, as_shape
+from ..production._lookup import as_gpu, as_shape, int_at_least
 from ..production.gpus import GPUSpec
 from ..production.memory import kv_budget_bytes, kv_bytes_per_request, weight_bytes
 from ..production.models import ModelShape
@@ -64,12 +63,6 @@ class MemorySplit:
         return {name: getattr(self, name) for name in SEGMENTS}
 
 
-def _count(name: str, value: object, least: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
-    return value
-
-
 def memory_split(
     model: ModelShape | str,
     gpu: GPUSpec | str,
@@ -83,8 +76,8 @@ def memory_split(
     """The bar's segments in bytes: they sum to the GPU's memory when the KV fits, and past it by the KV that
     does not (plus any weights beyond the engine's share)."""
     shape, spec = as_shape(model), as_gpu(gpu)
-    _count("requests", requests, 0)
-    _count("context", context, 1)
+    int_at_least("requests", requests, 0)
+    int_at_least("context", context)
     weights = weight_bytes(shape, dtype)
     pool = kv_budget_bytes(shape, spec, dtype, memory_utilization)
     demand = requests * kv_bytes_per_request(shape, context, kv_dtype or dtype, block_size)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from ..errors import ConfigError
-from ..production._lookup import as_gpu, as_shape, positive_int
+from ..production._lookup import as_gpu, as_shape, int_at_least
 from ..production.gpus import GPUSpec
 from ..production.models import ModelShape
 from ..production.roofline import peak_flops, ridge_point
@@ -73,7 +73,7 @@ class RooflinePoint:
 def _batches(batches: Iterable[int]) -> list[int]:
     if isinstance(batches, (str, bytes)) or not isinstance(batches, Iterable):
         raise ConfigError(f"batches must be a sequence of ints >= 1, got {batches!r}")
-    out = [positive_int("each decode batch size", b) for b in batches]
+    out = [int_at_least("each decode batch size", b) for b in batches]
     if not out:
         raise ConfigError(f"batches must name at least one decode batch size, got {batches!r}")
     return out
@@ -87,7 +87,7 @@ def _chunk(prefill_chunk) -> tuple[int, int] | None:
     length, before = prefill_chunk
     if not isinstance(before, int) or isinstance(before, bool) or before < 0:
         raise ConfigError(f"prefill_chunk's context_before must be an int >= 0, got {prefill_chunk!r}")
-    return positive_int("prefill_chunk's length", length), before
+    return int_at_least("prefill_chunk's length", length), before
 
 
 def attention_peak(gpu: GPUSpec | str, dtype: str) -> float:
@@ -108,7 +108,7 @@ def roofline_points(
     prefill chunk ``(length, context_before)``: FLOPs and bytes from ``step_time`` with the spec sheet's rates."""
     shape, spec = as_shape(model), as_gpu(gpu)
     sizes, chunk = _batches(batches), _chunk(prefill_chunk)
-    positive_int("context", context)
+    int_at_least("context", context)
     mm_peak, attn_peak = peak_flops(spec, dtype), attention_peak(spec, dtype)
     bandwidth = spec.bandwidth_bytes_per_s
     steps = [("decode", b, {"decode_contexts": [context] * b}) for b in sizes]
