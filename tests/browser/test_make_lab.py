@@ -85,8 +85,11 @@ def test_notebook_00_opens_steps_after_run_all_and_links_to_an_exercise(make_lab
         page.screenshot(path=str(ARTIFACTS / "make-lab-00-after-run-all.png"))
         # The first thing a learner tries after Run All: the button still steps (the check ran its own engine).
         widget = page.locator(".widget-vbox:has(button:has-text('run one step')):has(.js-plotly-plot)").last
-        # its legend shows every request, none scrolled out of the legend's box
+        # its legend shows every request, none scrolled out of the legend's box (on screen first: plotly may draw a
+        # figure's legend only once its widget is in view after Run All has scrolled to the bottom)
+        widget.scroll_into_view_if_needed()
         legend = widget.locator(".legend").first
+        legend.locator("rect.bg").first.wait_for(state="attached", timeout=60_000)
         box = legend.locator("rect.bg").first.bounding_box()
         entries = [e.bounding_box() for e in legend.locator("g.traces").all()]
         assert len(entries) == 3, f"the legend lists {len(entries)} requests, not 3"
